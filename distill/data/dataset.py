@@ -1,0 +1,73 @@
+"""Decoded, resized images as a torch Dataset; failures travel with the batch, not as crashes.
+
+Each item is resized so its short edge is ``short_edge`` (aspect kept, long edge rounded to the
+VAE factor). An image that fails to decode comes back as a record with an ``error`` and is
+listed in ``skipped.csv`` by whoever consumes the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from distill.data.images import UnreadableImage, resize_rgb, resized_size
+from distill.data.sources import Source
+
+
+class ResizedImages(Dataset):
+    """Items of a `Source`, decoded to uint8 RGB tensors at the pipeline's resolution."""
+
+    def __init__(self, source: Source, short_edge: int, multiple: int = 8):
+        self.source = source
+        self.short_edge = int(short_edge)
+        self.multiple = int(multiple)
+
+    def __len__(self) -> int:
+        return len(self.source.items)
+
+    def target_size(self, i: int) -> tuple[int, int]:
+        """(width, height) item ``i`` will have, known without decoding it."""
+        w, h = self.source.items[i].size
+        return resized_size(w, h, self.short_edge, self.multiple)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.source.items[i]
+        out = {"index": i, "source": item.source, "label": item.label, "orig_size": item.size}
+        try:
+            im = self.source.load(i)
+        except UnreadableImage as e:
+            out["error"] = str(e)
+            return out
+        if im.size != tuple(item.size):
+            out["error"] = f"decoded size {im.size} differs from header size {item.size}"
+            return out
+        size = self.target_size(i)
+        arr = np.asarray(resize_rgb(im, size), dtype=np.uint8)
+        out["pixels"] = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        out["size"] = size
+        return out
+
+
+def collate_images(batch: list[dict]) -> dict:
+    """Stack a batch of equal-size images; failed items go to ``batch["failed"]``."""
+    ok = [b for b in batch if "error" not in b]
+    failed = [b for b in batch if "error" in b]
+    sizes = {b["size"] for b in ok}
+    if len(sizes) > 1:
+        raise ValueError(f"a batch mixes image sizes {sorted(sizes)}; use the bucketed sampler")
+    out: dict = {
+        "index": torch.tensor([b["index"] for b in ok], dtype=torch.long),
+        "label": torch.tensor([b["label"] for b in ok], dtype=torch.long),
+        "source": [b["source"] for b in ok],
+        "orig_size": [tuple(b["orig_size"]) for b in ok],
+        "size": next(iter(sizes)) if sizes else None,
+        "failed": [
+            {"index": b["index"], "source": b["source"], "label": b["label"], "error": b["error"]}
+            for b in failed
+        ],
+    }
+    out["pixels"] = (
+        torch.stack([b["pixels"] for b in ok]) if ok else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+    )
+    return out

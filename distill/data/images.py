@@ -1,0 +1,138 @@
+"""Decoding any image a dataset may hold into 8-bit RGB, and the pipeline's resize.
+
+Real folders hold CMYK JPEGs, 16-bit PNGs, palettes with transparency and truncated files.
+Everything convertible becomes RGB here; everything else raises `UnreadableImage` with a
+reason, which the data layer records in `skipped.csv` instead of dropping silently.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".ppm",
+    ".bmp",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+)
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be turned into pixels; the message says why."""
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def read_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding pixels."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableImage("empty file (0 bytes)")
+        with Image.open(path) as im:
+            return im.size
+    except UnreadableImage:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImage("not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UnreadableImage(f"cannot read header: {e}") from None
+
+
+def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB.
+
+    Transparency is composited over ``background`` rather than dropped: the colour under a
+    transparent pixel is arbitrary (often black) and would otherwise leak into the patch.
+    16-bit and 32-bit integer images are rescaled by their type's range, not clipped.
+    """
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(im, dtype=np.uint16)
+        return Image.fromarray((arr >> 8).astype(np.uint8), "L").convert("RGB")
+    if mode == "I":
+        arr = np.asarray(im, dtype=np.int64)
+        hi = 65535 if arr.max(initial=0) > 255 else 255
+        arr = np.clip(arr, 0, hi) * (255.0 / hi)
+        return Image.fromarray(np.round(arr).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float32)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        arr = np.nan_to_num((arr - lo) * scale)
+        return Image.fromarray(np.round(arr).astype(np.uint8), "L").convert("RGB")
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        rgba = im.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    # CMYK, YCbCr, LAB, HSV, L, 1, P without transparency: PIL knows the conversion.
+    return im.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode a whole file into RGB, raising `UnreadableImage` for anything broken.
+
+    Truncated files are errors here (PIL's LOAD_TRUNCATED_IMAGES stays off): a half-grey
+    image would be scored as if it were real.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableImage("empty file (0 bytes)")
+        with Image.open(path) as im:
+            im.load()
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            return to_rgb(im).copy()
+    except UnreadableImage:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImage("not a recognised image format") from None
+    except FileNotFoundError:
+        raise UnreadableImage("file disappeared") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"cannot decode: {e}") from None
+
+
+def resized_size(width: int, height: int, short_edge: int, multiple: int = 1) -> tuple[int, int]:
+    """Size after scaling the short edge to ``short_edge`` with the aspect ratio kept.
+
+    The long edge is rounded to a multiple of ``multiple`` (the VAE's downsampling factor) so
+    the latent grid is whole; the aspect error this introduces is below ``multiple / long``
+    (1% at 256x341 with f=8), and box mapping uses the exact per-axis scales.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"bad image size {width}x{height}")
+    if short_edge % multiple:
+        raise ValueError(f"short_edge={short_edge} must be a multiple of {multiple}")
+    if width <= height:
+        long = max(
+            multiple, int(math.floor(height * short_edge / width / multiple + 0.5)) * multiple
+        )
+        return short_edge, long
+    long = max(multiple, int(math.floor(width * short_edge / height / multiple + 0.5)) * multiple)
+    return long, short_edge
+
+
+def resize_rgb(im: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize to ``size`` (width, height) with antialiased bicubic filtering."""
+    if im.size == tuple(size):
+        return im
+    return im.resize(tuple(size), Image.Resampling.BICUBIC, reducing_gap=None)

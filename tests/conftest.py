@@ -1,0 +1,69 @@
+"""Shared fixtures. The environment is fixed before anything imports transformers or diffusers:
+set later, hub look-ups retry for a minute instead of failing at once."""
+
+import os
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# One cache for the whole session (the tiny model is built once); subprocesses inherit it.
+os.environ.setdefault("DISTILL_CACHE", tempfile.mkdtemp(prefix="distill-test-cache-"))
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    return Path(os.environ["DISTILL_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(cache_dir) -> Path:
+    from distill.diffusion.architectures import ensure_tiny_model
+
+    return ensure_tiny_model(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_model_dir):
+    from distill.diffusion import DiffusionBackend
+
+    return DiffusionBackend.load(str(tiny_model_dir), dtype="fp32")
+
+
+def save_image(path: Path, arr: np.ndarray, mode: str | None = None, **kw) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode).save(path, **kw) if mode else Image.fromarray(arr).save(path, **kw)
+    return path
+
+
+def random_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def compose(
+    config_name: str = "distill",
+    overrides: list[str] | None = None,
+    return_hydra_config: bool = False,
+):
+    """Compose a config the way the CLI does (Hydra's compose API)."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hcompose(
+            config_name=config_name,
+            overrides=overrides or [],
+            return_hydra_config=return_hydra_config,
+        )
