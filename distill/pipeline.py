@@ -77,8 +77,8 @@ def needs_job_subprocess(cfg: DictConfig) -> bool:
     return n == 0 or n > 1
 
 
-def run_job_subprocess(cfg: DictConfig) -> None:
-    """Run this multirun job as ``python -m distill <job overrides>`` in its own folder."""
+def run_job_subprocess(cfg: DictConfig, module: str = "distill") -> None:
+    """Run this multirun job as ``python -m <module> <job overrides>`` in its own folder."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
@@ -86,7 +86,7 @@ def run_job_subprocess(cfg: DictConfig) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "distill",
+        module,
         *overrides,
         "hydra.mode=RUN",
         f"hydra.run.dir={hc.runtime.output_dir}",
@@ -104,6 +104,9 @@ def run(cfg: DictConfig) -> None:
     if needs_job_subprocess(cfg):
         run_job_subprocess(cfg)
         return
+    from distill.runtime import quiet_third_party
+
+    quiet_third_party()
     registry = stage_registry()
     unknown = [s for s in cfg.stages if s not in registry]
     if unknown:

@@ -567,7 +567,7 @@ def synthetic_source(cfg, split: str) -> Source:
         raise ConfigError(f"data.images_per_class lists {len(per)} counts for {n_cls} classes")
     seed = int(cfg.get("seed", 0)) + (0 if split == "train" else 1_000_003)
     keys = [f"{_SYN_SHAPES[i % len(_SYN_SHAPES)]}_{i}" for i in range(n_cls)]
-    names = _resolve_names(keys, cfg.get("class_names"), None, lambda k: f"a {k.split('_')[0]}")
+    names = _resolve_names(keys, cfg.get("class_names"), None, lambda k: k.split("_")[0])
     classes = [ClassInfo(i, k, n) for i, (k, n) in enumerate(zip(keys, names, strict=True))]
     sizes = [tuple(s) for s in cfg.get("sizes") or _SYN_SIZES]
     arrays: list[np.ndarray] = []

@@ -23,11 +23,23 @@ SUBFOLDERS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 BUILTIN = ("tiny", "random-sd15")
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 dot-product instructions (AVX512-BF16 or AMX)."""
+    try:
+        return bool(
+            torch._C._cpu._is_avx512_bf16_supported() or torch._C._cpu._is_amx_tile_supported()
+        )
+    except AttributeError:
+        return False
+
+
 def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
-    """``auto`` is bf16 on a CUDA device that supports it, else fp32."""
+    """``auto``: bf16 on a CUDA device or CPU with native bf16 arithmetic, else fp32."""
     if name == "auto":
         dev = torch.device(device)
         if dev.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if dev.type == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
     if name not in DTYPES:
@@ -47,6 +59,7 @@ class DiffusionBackend(nn.Module):
         scheduler,
         name: str = "",
         dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.vae = vae.eval().requires_grad_(False)
@@ -60,10 +73,19 @@ class DiffusionBackend(nn.Module):
         self.dtype = dtype
         # fp16 SD VAEs can overflow to NaN in the encoder's mid block; bf16 and fp32 are safe.
         self.vae_dtype = torch.float32 if dtype == torch.float16 else dtype
-        self.vae.to(self.vae_dtype)
-        self.unet.to(dtype)
-        if self.text_encoder is not None:
-            self.text_encoder.to(dtype)
+        for module, want in (
+            (self.vae, self.vae_dtype),
+            (self.unet, dtype),
+            (self.text_encoder, dtype),
+        ):
+            if module is not None and next(module.parameters()).dtype != want:
+                module.to(want)
+        # Convolutions run faster in NHWC on CPUs (oneDNN) and GPUs (tensor cores). Either way
+        # one layout is used for every call, which keeps results batch-size invariant.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.vae.to(memory_format=torch.channels_last)
+            self.unet.to(memory_format=torch.channels_last)
         ac = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64)
         self.register_buffer("alphas_cumprod", ac, persistent=False)
         self._prompt_cache: dict[str, torch.Tensor] = {}
@@ -104,6 +126,7 @@ class DiffusionBackend(nn.Module):
             "prediction_type": self.prediction_type,
             "num_train_timesteps": self.num_train_timesteps,
             "dtype": str(self.dtype).replace("torch.", ""),
+            "channels_last": self.memory_format == torch.channels_last,
         }
 
     # ------------------------------------------------------------------ operations
@@ -116,10 +139,12 @@ class DiffusionBackend(nn.Module):
         """
         x = pixels.to(self.device)
         x = x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float() * 2.0 - 1.0
-        posterior = self.vae.encode(x.to(self.vae_dtype)).latent_dist
+        posterior = self.vae.encode(
+            x.to(self.vae_dtype).contiguous(memory_format=self.memory_format)
+        ).latent_dist
         z = posterior.mean
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return ((z - shift) * self.scaling_factor).to(self.dtype)
+        return ((z - shift) * self.scaling_factor).to(self.dtype).contiguous()
 
     @torch.no_grad()
     def embed_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -163,7 +188,10 @@ class DiffusionBackend(nn.Module):
     @torch.no_grad()
     def predict_eps(self, z_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """The U-Net's noise prediction; v-prediction models are converted to epsilon."""
-        out = self.unet(z_t.to(self.dtype), t.to(self.device), encoder_hidden_states=emb).sample
+        # One memory layout for every call: oneDNN picks its kernel by layout, and a input in
+        # another layout (which some VAE outputs propagate) rounds differently.
+        z_t = z_t.to(self.dtype).contiguous(memory_format=self.memory_format)
+        out = self.unet(z_t, t.to(self.device), encoder_hidden_states=emb.contiguous()).sample
         if self.prediction_type == "v_prediction":
             a = self._alpha(t, z_t)
             out = ((1 - a).sqrt() * z_t.double() + a.sqrt() * out.double()).to(out.dtype)
@@ -173,7 +201,9 @@ class DiffusionBackend(nn.Module):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_components(cls, components: dict, name: str, dtype: torch.dtype) -> DiffusionBackend:
+    def from_components(
+        cls, components: dict, name: str, dtype: torch.dtype, channels_last: bool = False
+    ) -> DiffusionBackend:
         return cls(
             components["vae"],
             components["unet"],
@@ -182,6 +212,7 @@ class DiffusionBackend(nn.Module):
             components["scheduler"],
             name=name,
             dtype=dtype,
+            channels_last=channels_last,
         )
 
     @classmethod
@@ -193,6 +224,7 @@ class DiffusionBackend(nn.Module):
         cache_dir: str | None = None,
         revision: str | None = None,
         tiny_seed: int = 0,
+        channels_last: bool = False,
     ) -> DiffusionBackend:
         """Load a model from a local diffusers folder, a hub id, or a built-in name.
 
@@ -202,6 +234,7 @@ class DiffusionBackend(nn.Module):
                 a filled hub cache); ``tiny`` (random miniature, built once into
                 ``cache_dir``); or ``random-sd15`` (full-size architecture, random weights).
             dtype: ``fp32``, ``bf16``, ``fp16`` or ``auto``.
+            channels_last: run the VAE and U-Net in NHWC memory layout (faster convolutions).
         """
         torch_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
         if model is None or str(model) in ("", "None", "???"):
@@ -213,21 +246,25 @@ class DiffusionBackend(nn.Module):
         if model == "random-sd15":
             from distill.diffusion.architectures import sd15_components
 
-            return cls.from_components(sd15_components(), "random-sd15", torch_dtype).to(device)
+            return cls.from_components(
+                sd15_components(), "random-sd15", torch_dtype, channels_last
+            ).to(device)
         if model == "tiny":
             from distill.diffusion.architectures import ensure_tiny_model
 
             if cache_dir is None:
                 raise ConfigError("diffusion.model=tiny needs paths.cache_dir to build into")
             path = ensure_tiny_model(cache_dir, seed=tiny_seed)
-            return cls._load_folder(path, "tiny", torch_dtype).to(device)
+            return cls._load_folder(path, "tiny", torch_dtype, channels_last).to(device)
         local = Path(os.path.expanduser(model))
         if local.exists() or model.startswith(("/", "./", "../", "~")) or model.count("/") != 1:
-            return cls._load_folder(local, model, torch_dtype).to(device)
-        return cls._load_hub(model, torch_dtype, revision).to(device)
+            return cls._load_folder(local, model, torch_dtype, channels_last).to(device)
+        return cls._load_hub(model, torch_dtype, revision, channels_last).to(device)
 
     @classmethod
-    def _load_folder(cls, path: Path, name: str, dtype: torch.dtype) -> DiffusionBackend:
+    def _load_folder(
+        cls, path: Path, name: str, dtype: torch.dtype, channels_last: bool = False
+    ) -> DiffusionBackend:
         if not path.is_dir():
             raise ModelError(
                 f"diffusion.model={path}: no such folder. Point it at a Stable Diffusion folder in "
@@ -238,12 +275,14 @@ class DiffusionBackend(nn.Module):
         missing = [s for s in SUBFOLDERS if not (path / s).is_dir()]
         if missing:
             raise ModelError(f"diffusion.model={path} lacks the subfolders {missing}")
-        return cls._from_pretrained(str(path), name, dtype, local_files_only=True)
+        return cls._from_pretrained(str(path), name, dtype, channels_last, local_files_only=True)
 
     @classmethod
-    def _load_hub(cls, repo: str, dtype: torch.dtype, revision: str | None) -> DiffusionBackend:
+    def _load_hub(
+        cls, repo: str, dtype: torch.dtype, revision: str | None, channels_last: bool = False
+    ) -> DiffusionBackend:
         try:
-            return cls._from_pretrained(repo, repo, dtype, revision=revision)
+            return cls._from_pretrained(repo, repo, dtype, channels_last, revision=revision)
         except ModelError:
             raise
         except Exception as e:  # hub errors come in many types
@@ -255,7 +294,9 @@ class DiffusionBackend(nn.Module):
             ) from e
 
     @classmethod
-    def _from_pretrained(cls, where: str, name: str, dtype: torch.dtype, **kw) -> DiffusionBackend:
+    def _from_pretrained(
+        cls, where: str, name: str, dtype: torch.dtype, channels_last: bool = False, **kw
+    ) -> DiffusionBackend:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -273,4 +314,13 @@ class DiffusionBackend(nn.Module):
                 raise ModelError(f"diffusion.model={where} failed to load: {e}") from e
             raise
         log.info("loaded diffusion model %s (%s)", name, str(dtype).replace("torch.", ""))
-        return cls(vae, unet, text_encoder, tokenizer, scheduler, name=name, dtype=dtype)
+        return cls(
+            vae,
+            unet,
+            text_encoder,
+            tokenizer,
+            scheduler,
+            name=name,
+            dtype=dtype,
+            channels_last=channels_last,
+        )

@@ -1,0 +1,120 @@
+"""Process-level helpers shared by the predict stages: ranks, barriers, trainers, loggers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+
+import hydra
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def quiet_third_party() -> None:
+    """Silence messages that say nothing about the user's run (advertising tips, a warning
+    about our own batch sampler, upstream deprecations), so real warnings stand out."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def launch_rank() -> int:
+    """This process's global rank as the launcher set it (0 before any DDP launch).
+
+    Read from the environment because it is needed before a Trainer exists (to decide who
+    writes the bank's meta): ``RANK`` (torchrun, SLURM wrappers) or ``NODE_RANK`` and
+    ``LOCAL_RANK`` (Lightning's own launcher).
+    """
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    return local if node == 0 else node * 1_000 + local  # nonzero off node 0
+
+
+def is_launch_rank_zero() -> bool:
+    return launch_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside a process group)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def global_rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return launch_rank()
+
+
+def set_cpu_threads(trainer, requested: int | None) -> int | None:
+    """Threads for CPU work in this process: ``requested``, or cores / processes per node.
+
+    Several CPU ranks on one machine would each take every core and oversubscribe it. Note
+    that oneDNN's results can change in the last bits with the thread count (never a pick);
+    equal thread counts give bitwise-equal scores across batch sizes and device counts.
+    """
+    n = requested
+    on_cpu = trainer is not None and getattr(trainer.strategy.root_device, "type", "cpu") == "cpu"
+    if n is None and on_cpu and trainer.world_size > 1:
+        n = max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices))
+    if n:
+        torch.set_num_threads(int(n))
+    return n
+
+
+def device_type(trainer_cfg) -> str:
+    """The device kind a trainer config will use: ``cuda``, ``mps`` or ``cpu``."""
+    acc = str(trainer_cfg.get("accelerator", "auto"))
+    if acc in ("gpu", "cuda"):
+        return "cuda"
+    if acc == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return acc
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    """Instantiate every logger under ``cfg.logger`` (a mapping of name -> _target_ config)."""
+    if not cfg.get("logger"):
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.logger.values() if c and "_target_" in c]
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list | None = None, **overrides):
+    """A Lightning Trainer from ``cfg.trainer`` with our callbacks, loggers and overrides."""
+    tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    tcfg.update(overrides)
+    tcfg["callbacks"] = callbacks
+    tcfg["logger"] = loggers if loggers else False
+    return hydra.utils.instantiate(tcfg, _convert_="all")
+
+
+class ImageRateBar(TQDMProgressBar):
+    """The predict progress bar, showing images per second rather than batches."""
+
+    def __init__(self, refresh_rate: int = 1):
+        super().__init__(refresh_rate=refresh_rate)
+        self._t0 = 0.0
+        self._n = 0
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        super().on_predict_start(trainer, pl_module)
+        self._t0, self._n = time.perf_counter(), 0
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._n += len(batch.get("source", [])) + len(batch.get("failed", []))
+        super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        dt = time.perf_counter() - self._t0
+        if self.predict_progress_bar is not None and dt > 0:
+            self.predict_progress_bar.set_postfix(img_s=f"{self._n / dt:.2f}", refresh=False)

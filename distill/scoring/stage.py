@@ -1,0 +1,217 @@
+"""The ``score`` stage: build the patch bank from the source images (resumable, any devices).
+
+Every rank builds the same work plan; unfinished shards are dealt round-robin; each rank
+writes its shards; rank 0 merges them into ``bank/scores.jsonl``, writes ``skipped.csv`` and
+the figures. A complete bank under the same config is reused, not recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from distill.bank import (
+    config_hash,
+    mark_complete,
+    merge_shards,
+    prepare_stage,
+    read_meta,
+    shard_done,
+    write_jsonl,
+    write_meta,
+)
+from distill.data import ResizedImages, build_source, write_skipped_csv
+from distill.data.classes import write_classes_csv
+from distill.data.records import SkipRecord
+from distill.diffusion import DiffusionBackend, resolve_dtype
+from distill.runtime import (
+    ImageRateBar,
+    barrier,
+    build_loggers,
+    build_trainer,
+    device_type,
+    global_rank,
+    is_launch_rank_zero,
+    quiet_third_party,
+)
+from distill.scoring.module import ScoringData, ScoringModule, patch_geometry
+from distill.scoring.plan import make_shards, pending
+from distill.writer import ShardWriter
+
+log = logging.getLogger(__name__)
+
+# Scoring settings that change the numbers (batch size, workers and devices do not).
+SCORING_KEYS = (
+    "t_range",
+    "num_draws",
+    "seed",
+    "prompt",
+    "null_prompt",
+    "patch",
+    "stride",
+    "topk",
+    "shard_size",
+)
+DATA_KEYS = (
+    "name",
+    "kind",
+    "split",
+    "images_per_class",
+    "subsample_seed",
+    "short_edge",
+    "min_side",
+)
+
+
+def items_digest(source) -> str:
+    """A digest of the exact image list (ids, labels, sizes): a changed folder is a new bank."""
+    h = hashlib.sha256()
+    for it in source.items:
+        h.update(f"{it.source}\x1f{it.label}\x1f{it.size[0]}x{it.size[1]}\n".encode())
+    return h.hexdigest()
+
+
+def score_spec(cfg: DictConfig, source, backend) -> dict:
+    """What the score stage's numbers depend on; its hash guards the bank."""
+    scoring = OmegaConf.to_container(cfg.scoring, resolve=True)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return {
+        "scoring": {k: scoring.get(k) for k in SCORING_KEYS},
+        "data": {k: data.get(k) for k in DATA_KEYS},
+        "classes": [[c.key, c.name] for c in source.classes],
+        "items": {"count": len(source.items), "digest": items_digest(source)},
+        "model": backend.fingerprint(),
+    }
+
+
+def load_backend(cfg: DictConfig) -> DiffusionBackend:
+    dtype = resolve_dtype(str(cfg.diffusion.dtype), device_type(cfg.trainer))
+    return DiffusionBackend.load(
+        cfg.diffusion.model,
+        dtype=dtype,
+        device="cpu",
+        cache_dir=cfg.paths.cache_dir,
+        revision=cfg.diffusion.get("revision"),
+        channels_last=bool(cfg.diffusion.get("channels_last", False)),
+    )
+
+
+def run_score(cfg: DictConfig) -> None:
+    """Score every source image into ``cfg.paths.bank_dir`` (the ``score`` stage)."""
+    quiet_third_party()
+    out_dir, bank_dir = Path(cfg.paths.output_dir), Path(cfg.paths.bank_dir)
+    zero = is_launch_rank_zero()
+    source = build_source(cfg.data)
+    backend = load_backend(cfg)
+    patch_geometry(cfg.scoring, backend.vae_factor, int(cfg.data.short_edge))  # fail fast
+    dataset = ResizedImages(source, int(cfg.data.short_edge), backend.vae_factor)
+    sizes = [dataset.target_size(i) for i in range(len(dataset))]
+    spec = score_spec(cfg, source, backend)
+    entry = prepare_stage(
+        bank_dir, "score", spec, str(cfg.scoring.get("on_mismatch", "error")), write=zero
+    )
+    classes = [c.to_dict() for c in source.classes]
+    if zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_classes_csv(source.classes, out_dir / "classes.csv")
+        write_classes_csv(source.classes, bank_dir / "classes.csv")
+        meta = read_meta(bank_dir)
+        meta["classes"] = classes
+        write_meta(bank_dir, meta)
+
+    shards = make_shards(sizes, int(cfg.scoring.shard_size))
+    if entry.get("complete") and (bank_dir / "scores.jsonl").is_file():
+        log.info(
+            "bank %s already holds a complete scoring pass (hash %s): reusing it",
+            bank_dir,
+            entry["hash"][:12],
+        )
+        if zero:
+            _finish(cfg, source, bank_dir, out_dir, shards, classes, loggers=None, stats=None)
+        return
+    todo = pending(shards, lambda s: shard_done(bank_dir, "score", s.id, len(s.items)))
+    n_todo = sum(len(s.items) for s in todo)
+    log.info(
+        "scoring %d of %d images (%d of %d shards left; hash %s)",
+        n_todo,
+        len(sizes),
+        len(todo),
+        len(shards),
+        config_hash(spec)[:12],
+    )
+    loggers, stats, trainer = build_loggers(cfg) if zero else [], None, None
+    if todo:
+        module = ScoringModule(backend, source.classes, cfg.scoring, int(cfg.data.short_edge))
+        data = ScoringData(
+            dataset,
+            todo,
+            sizes,
+            int(cfg.scoring.batch_size),
+            int(cfg.scoring.get("num_workers", 0)),
+        )
+        writer = ShardWriter(bank_dir, "score", todo)
+        callbacks = [writer] + (
+            [ImageRateBar()] if cfg.trainer.get("enable_progress_bar", True) else []
+        )
+        trainer = build_trainer(cfg, callbacks, loggers, use_distributed_sampler=False)
+        t0 = time.perf_counter()
+        trainer.predict(module, datamodule=data, return_predictions=False)
+        stats = {"images": n_todo, "seconds": time.perf_counter() - t0}
+    # Every rank's shards must be on disk before rank 0 merges; the bank must be merged before
+    # any rank goes on to a later stage.
+    barrier()
+    if trainer.is_global_zero if trainer is not None else global_rank() == 0:
+        _finish(cfg, source, bank_dir, out_dir, shards, classes, loggers, stats)
+    barrier()
+
+
+def _finish(cfg, source, bank_dir: Path, out_dir: Path, shards, classes, loggers, stats) -> None:
+    """Rank 0: merge shards, record failures, write the figures, log the throughput."""
+    from distill.scoring import visualize
+
+    records = merge_shards(bank_dir, "score", [s.id for s in shards])
+    ok = [r for r in records if "error" not in r]
+    failed = [r for r in records if "error" in r]
+    if len(records) != len(source.items):
+        raise RuntimeError(f"bank has {len(records)} records for {len(source.items)} images")
+    write_jsonl(bank_dir / "scores.jsonl", ok)
+    by_source = {it.source: it for it in source.items}
+    skipped = list(source.skipped) + [
+        SkipRecord(r["source"], by_source[r["source"]].path or "", r["label"], "decode", r["error"])
+        for r in failed
+    ]
+    for r in failed:
+        log.warning("skipped %s: %s", by_source[r["source"]].path or r["source"], r["error"])
+    write_skipped_csv(skipped, out_dir / "skipped.csv")
+    write_skipped_csv(skipped, bank_dir / "skipped.csv")
+    mark_complete(
+        bank_dir, "score", num_images=len(ok), num_failed=len(failed), num_skipped=len(skipped)
+    )
+    figures = {
+        "histograms": visualize.score_histograms(ok, classes, out_dir / "score_histograms.png"),
+        "best_patches": visualize.best_patch_grid(
+            ok, classes, source, int(cfg.data.short_edge), out_dir / "best_patches.png"
+        ),
+    }
+    visualize.write_class_summary(ok, classes, out_dir / "class_scores.csv")
+    log.info("bank: %d images scored, %d skipped -> %s", len(ok), len(skipped), bank_dir)
+    log.info("figures: %s", ", ".join(str(p) for p in figures.values()))
+    if loggers and stats:
+        rate = stats["images"] / max(stats["seconds"], 1e-9)
+        log.info("scoring throughput: %.2f images/s over %d images", rate, stats["images"])
+        for lg in loggers:
+            lg.log_metrics(
+                {
+                    "score/images_per_s": rate,
+                    "score/images": stats["images"],
+                    "score/seconds": stats["seconds"],
+                    "score/skipped": len(skipped),
+                }
+            )
+            lg.save()
+    if loggers:
+        visualize.log_to_wandb(loggers, figures, ok, classes, source)

@@ -1,0 +1,160 @@
+"""What a person looks at after Stage I: score histograms per class, a grid of the best patches
+drawn on their images, and a per-class summary table; the same logged to W&B when enabled."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from distill.data.images import UnreadableImage, resize_rgb
+from distill.io import atomic_path, write_csv_rows
+
+log = logging.getLogger(__name__)
+
+BOX_COLOURS = [(230, 30, 30), (255, 150, 0), (30, 160, 255), (60, 200, 60)]
+
+
+def _save_png(im: Image.Image, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+    return path
+
+
+def class_summary(records: list[dict], classes: list[dict]) -> list[list]:
+    """Per class: count, and mean / median / std of image scores and best-patch scores."""
+    rows = []
+    for c in classes:
+        rs = [r for r in records if r["label"] == c["index"]]
+        img = np.array([r["image_score"] for r in rs], dtype=np.float64)
+        best = np.array([r["scores"][0] for r in rs], dtype=np.float64)
+        stat = lambda a: (  # noqa: E731
+            [float(a.mean()), float(np.median(a)), float(a.std())] if a.size else ["", "", ""]
+        )
+        rows.append([c["index"], c["key"], c["name"], len(rs), *stat(img), *stat(best)])
+    return rows
+
+
+def write_class_summary(records, classes, path: Path) -> None:
+    header = [
+        "index",
+        "key",
+        "name",
+        "images",
+        "image_score_mean",
+        "image_score_median",
+        "image_score_std",
+        "best_patch_mean",
+        "best_patch_median",
+        "best_patch_std",
+    ]
+    write_csv_rows(path, header, class_summary(records, classes))
+
+
+def score_histograms(records: list[dict], classes: list[dict], path: Path, max_classes: int = 25):
+    """Small multiples: per class, histograms of image scores and best-patch scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = classes[:max_classes]
+    n = len(shown)
+    cols = min(5, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, c in zip(axes.flat, shown, strict=False):
+        rs = [r for r in records if r["label"] == c["index"]]
+        ax.set_visible(True)
+        if rs:
+            img = [r["image_score"] for r in rs]
+            best = [r["scores"][0] for r in rs]
+            bins = np.histogram_bin_edges(img + best, bins=min(20, max(5, len(rs) // 2)))
+            ax.hist(img, bins=bins, alpha=0.6, label="image")
+            ax.hist(best, bins=bins, alpha=0.6, label="best patch")
+            ax.axvline(0.0, color="k", lw=0.6)
+        ax.set_title(f"{c['index']}: {c['name']}"[:32], fontsize=8)
+        ax.tick_params(labelsize=6)
+    axes.flat[0].legend(fontsize=6)
+    more = f" (first {max_classes} of {len(classes)} classes)" if len(classes) > max_classes else ""
+    fig.suptitle(f"relevance s = E[L_null - L_class] per class{more}", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def best_patch_grid(
+    records: list[dict],
+    classes: list[dict],
+    source,
+    short_edge: int,
+    path: Path,
+    per_class: int = 6,
+    max_classes: int = 10,
+    thumb: int = 128,
+) -> Path:
+    """One row per class: its images with the highest best-patch score, boxes drawn on them."""
+    shown = classes[:max_classes]
+    tiles: list[list[Image.Image]] = []
+    index_of = {it.source: i for i, it in enumerate(source.items)}
+    for c in shown:
+        rs = sorted((r for r in records if r["label"] == c["index"]), key=lambda r: -r["scores"][0])
+        row = []
+        for r in rs[:per_class]:
+            try:
+                im = resize_rgb(source.load(index_of[r["source"]]), tuple(r["size"]))
+            except (UnreadableImage, KeyError):
+                continue
+            draw = ImageDraw.Draw(im)
+            width = max(2, im.size[1] // 64)
+            for k, b in reversed(list(enumerate(r["boxes_resized"]))):
+                draw.rectangle(b, outline=BOX_COLOURS[k % len(BOX_COLOURS)], width=width)
+            draw.text((3, 2), f"{r['scores'][0]:+.4f}", fill=(255, 255, 255))
+            scale = thumb / im.size[1]
+            row.append(im.resize((max(1, round(im.size[0] * scale)), thumb)))
+        tiles.append(row)
+    label_w = 150
+    width = label_w + max((sum(t.size[0] + 4 for t in row) for row in tiles), default=thumb)
+    canvas = Image.new("RGB", (width, (thumb + 4) * max(1, len(tiles))), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for y, (c, row) in enumerate(zip(shown, tiles, strict=True)):
+        top = y * (thumb + 4)
+        draw.text((4, top + thumb // 2 - 6), f"{c['index']}: {c['name']}"[:24], fill=(0, 0, 0))
+        x = label_w
+        for t in row:
+            canvas.paste(t, (x, top))
+            x += t.size[0] + 4
+    return _save_png(canvas, path)
+
+
+def log_to_wandb(loggers, figures: dict[str, Path], records, classes, source, per_class: int = 4):
+    """Images and a table (image, class, box, score) to every W&B logger, if any."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    wb = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    if not wb:
+        return
+    import wandb
+
+    index_of = {it.source: i for i, it in enumerate(source.items)}
+    names = {c["index"]: c["name"] for c in classes}
+    rows = []
+    for c in classes[:20]:
+        rs = sorted((r for r in records if r["label"] == c["index"]), key=lambda r: -r["scores"][0])
+        for r in rs[:per_class]:
+            try:
+                im = source.load(index_of[r["source"]])
+            except (UnreadableImage, KeyError):
+                continue
+            crop = im.crop(tuple(r["boxes"][0]))
+            rows.append([wandb.Image(crop), names[r["label"]], str(r["boxes"][0]), r["scores"][0]])
+    for lg in wb:
+        for key, p in figures.items():
+            lg.log_image(key=f"score/{key}", images=[str(p)])
+        lg.log_table(key="score/top_patches", columns=["image", "class", "box", "score"], data=rows)
