@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import BankMismatchError, ConfigError, DataError
-from distill.io import atomic_write_json, atomic_write_text
+from distill.io import atomic_path, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 BANK_VERSION = 1
+# Stages whose results are derived from another's and must be redone when it changes.
+DEPENDENTS = {"score": ("features", "cluster"), "features": ("cluster",)}
 
 
 def config_hash(spec: dict) -> str:
@@ -78,8 +80,9 @@ def prepare_stage(
     """Check (and on rank 0 record) that ``bank_dir`` may hold ``stage`` under ``spec``.
 
     Returns the stage's meta entry. A different hash raises `BankMismatchError` listing the
-    differences, or with ``on_mismatch=rebuild`` moves the old bank to
-    ``<bank_dir>.stale-<old hash>`` and starts afresh.
+    differences, or with ``on_mismatch=rebuild`` recomputes: for ``score`` the old bank moves
+    to ``<bank_dir>.stale-<old hash>`` (nothing is deleted); a derived stage (features,
+    cluster) is dropped with the stages that depend on it.
 
     Args:
         write: False on ranks other than 0: they only verify.
@@ -100,14 +103,24 @@ def prepare_stage(
                 + f"\nUse another paths.bank_dir, or pass {stage_setting(stage)}.on_mismatch=rebuild "
                 "to move the old bank aside and recompute."
             )
-        stale = bank.with_name(f"{bank.name}.stale-{entry['hash'][:12]}")
-        log.warning(
-            "bank %s was made under another '%s' config; moving it to %s", bank, stage, stale
-        )
-        if stale.exists():
-            shutil.rmtree(stale)
-        os.replace(bank, stale)
-        meta, entry = {"version": BANK_VERSION, "stages": {}}, None
+        if stage == "score":
+            stale = bank.with_name(f"{bank.name}.stale-{entry['hash'][:12]}")
+            log.warning(
+                "bank %s was made under another scoring config; moving it to %s", bank, stale
+            )
+            if stale.exists():
+                shutil.rmtree(stale)
+            os.replace(bank, stale)
+            meta, entry = {"version": BANK_VERSION, "stages": {}}, None
+        else:
+            # A derived stage is recomputed in place; what depends on it goes with it.
+            log.warning("bank %s: '%s' was made under another config; recomputing it", bank, stage)
+            for gone in (stage, *DEPENDENTS.get(stage, ())):
+                meta["stages"].pop(gone, None)
+                for p in (bank / "shards").glob(f"{gone}-*"):
+                    p.unlink()
+            write_meta(bank, meta)
+            entry = None
     if entry is None:
         entry = {
             "hash": h,
@@ -123,7 +136,7 @@ def prepare_stage(
 
 
 def stage_setting(stage: str) -> str:
-    return {"score": "scoring", "features": "features"}.get(stage, stage)
+    return {"score": "scoring"}.get(stage, stage)
 
 
 def mark_complete(bank_dir: str | Path, stage: str, **info) -> None:
@@ -136,8 +149,54 @@ def mark_complete(bank_dir: str | Path, stage: str, **info) -> None:
 # ----------------------------------------------------------------------------- shards
 
 
+SHARD_EXT = {"score": "jsonl", "features": "npz"}
+
+
 def shard_path(bank_dir: str | Path, stage: str, shard_id: int) -> Path:
-    return Path(bank_dir) / "shards" / f"{stage}-{shard_id:06d}.jsonl"
+    return Path(bank_dir) / "shards" / f"{stage}-{shard_id:06d}.{SHARD_EXT.get(stage, 'jsonl')}"
+
+
+def write_npz_records(path: str | Path, records: list[dict]) -> None:
+    """Feature records ({index, k, feature} or {index, error}) as one .npz, atomically."""
+    import numpy as np
+
+    ok = [r for r in records if "error" not in r]
+    arrays = {
+        "index": np.array([r["index"] for r in ok], dtype=np.int64),
+        "k": np.array([r["k"] for r in ok], dtype=np.int64),
+        "feature": (
+            np.stack([r["feature"] for r in ok]).astype(np.float32)
+            if ok
+            else np.zeros((0, 0), np.float32)
+        ),
+        "failed_index": np.array([r["index"] for r in records if "error" in r], dtype=np.int64),
+        "failed_error": np.array([r["error"] for r in records if "error" in r], dtype=str),
+    }
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def read_npz_records(path: str | Path) -> list[dict]:
+    import numpy as np
+
+    with np.load(path) as z:
+        recs = [
+            {"index": int(i), "k": int(k), "feature": f}
+            for i, k, f in zip(z["index"], z["k"], z["feature"], strict=True)
+        ]
+        recs += [
+            {"index": int(i), "error": str(e)}
+            for i, e in zip(z["failed_index"], z["failed_error"], strict=True)
+        ]
+    return recs
+
+
+def write_shard(path: str | Path, records: list[dict]) -> None:
+    (write_npz_records if str(path).endswith(".npz") else write_jsonl)(path, records)
+
+
+def read_shard(path: str | Path) -> list[dict]:
+    return (read_npz_records if str(path).endswith(".npz") else read_jsonl)(path)
 
 
 def write_jsonl(path: str | Path, records: list[dict]) -> None:
@@ -151,13 +210,13 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def shard_done(bank_dir: str | Path, stage: str, shard_id: int, expected: int) -> bool:
-    """A shard counts as done when its file exists and holds the expected number of records."""
+    """A shard counts as done when its file exists and covers the expected number of images."""
     p = shard_path(bank_dir, stage, shard_id)
     if not p.is_file():
         return False
     try:
-        return len(read_jsonl(p)) == expected
-    except (json.JSONDecodeError, OSError):
+        return len({r["index"] for r in read_shard(p)}) == expected
+    except Exception:  # a torn or foreign file: recompute it
         return False
 
 
@@ -168,9 +227,9 @@ def merge_shards(bank_dir: str | Path, stage: str, shard_ids: list[int]) -> list
         p = shard_path(bank_dir, stage, k)
         if not p.is_file():
             raise DataError(f"shard {p} is missing after the predict stage; re-run to resume")
-        records.extend(read_jsonl(p))
-    records.sort(key=lambda r: r["index"])
-    idx = [r["index"] for r in records]
+        records.extend(read_shard(p))
+    records.sort(key=lambda r: (r["index"], r.get("k", 0)))
+    idx = [(r["index"], r.get("k", 0)) for r in records]
     if len(set(idx)) != len(idx):
         raise DataError(f"{stage} shards in {bank_dir} hold an image twice; the bank is corrupt")
     return records

@@ -25,14 +25,17 @@ _JOB_CHILD_ENV = "DISTILL_MULTIRUN_CHILD"
 
 def stage_registry() -> dict[str, Callable[[DictConfig], None]]:
     """Stages by name. Imported lazily so `--cfg job` and tests stay fast."""
-    stages: dict[str, Callable[[DictConfig], None]] = {}
-    try:
-        from distill.scoring.stage import run_score
+    from distill.clustering import run_cluster
+    from distill.dift import run_features
+    from distill.materialize import run_assemble
+    from distill.scoring.stage import run_score
 
-        stages["score"] = run_score
-    except ImportError:
-        pass
-    return stages
+    return {
+        "score": run_score,
+        "features": run_features,
+        "cluster": run_cluster,
+        "assemble": run_assemble,
+    }
 
 
 def world_size(trainer_cfg) -> int:

@@ -26,6 +26,7 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def launch_rank() -> int:
@@ -84,11 +85,23 @@ def device_type(trainer_cfg) -> str:
     return acc
 
 
+_LOGGERS: dict[int, list] = {}
+
+
 def build_loggers(cfg: DictConfig) -> list:
     """Instantiate every logger under ``cfg.logger`` (a mapping of name -> _target_ config)."""
     if not cfg.get("logger"):
         return []
     return [hydra.utils.instantiate(c) for c in cfg.logger.values() if c and "_target_" in c]
+
+
+def get_loggers(cfg: DictConfig) -> list:
+    """The run's loggers, built once and shared by every stage (one W&B run per pipeline)."""
+    key = id(cfg)
+    if key not in _LOGGERS:
+        _LOGGERS.clear()
+        _LOGGERS[key] = build_loggers(cfg)
+    return _LOGGERS[key]
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list | None = None, **overrides):

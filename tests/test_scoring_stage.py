@@ -218,6 +218,7 @@ def test_two_cpu_ranks_score_each_image_once_and_match_one_rank(reference_bank, 
     run_cli(
         [
             "experiment=smoke",
+            "stages=[score]",
             N37,
             "trainer.strategy=ddp",
             "trainer.devices=2",
@@ -239,10 +240,13 @@ def test_two_cpu_ranks_score_each_image_once_and_match_one_rank(reference_bank, 
 
 def test_multirun_sweep_with_ddp_runs_each_job_once(tmp_path):
     sweep = tmp_path / "sweep"
+    smoke = compose("distill", ["experiment=smoke"])
+    n_images = smoke.data.num_classes * smoke.data.images_per_class
     proc = run_cli(
         [
             "-m",
             "experiment=smoke",
+            "stages=[score]",
             "scoring.t_range=[0.1,0.3],[0.3,0.7]",
             "trainer.strategy=ddp",
             "trainer.devices=2",
@@ -259,14 +263,12 @@ def test_multirun_sweep_with_ddp_runs_each_job_once(tmp_path):
     for job, t_range in zip(jobs, ([0.1, 0.3], [0.3, 0.7]), strict=True):
         meta = json.loads((job / "bank" / "meta.json").read_text())
         assert meta["stages"]["score"]["spec"]["scoring"]["t_range"] == t_range
-        assert len(bank_records(job)) == 36
+        assert len(bank_records(job)) == n_images
         hashes.add(meta["stages"]["score"]["hash"])
     assert len(hashes) == 2
     # No job started the sweep again: exactly two scoring passes were logged.
-    assert (
-        proc.stdout.count("bank: 36 images scored") + proc.stderr.count("bank: 36 images scored")
-        == 2
-    )
+    logged = f"bank: {n_images} images scored"
+    assert proc.stdout.count(logged) + proc.stderr.count(logged) == 2
 
 
 def test_cli_missing_model_fails_with_path(tmp_path):

@@ -26,9 +26,7 @@ BUILTIN = ("tiny", "random-sd15")
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with bf16 dot-product instructions (AVX512-BF16 or AMX)."""
     try:
-        return bool(
-            torch._C._cpu._is_avx512_bf16_supported() or torch._C._cpu._is_amx_tile_supported()
-        )
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:
         return False
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -31,9 +32,9 @@ from distill.diffusion import DiffusionBackend, resolve_dtype
 from distill.runtime import (
     ImageRateBar,
     barrier,
-    build_loggers,
     build_trainer,
     device_type,
+    get_loggers,
     global_rank,
     is_launch_rank_zero,
     quiet_third_party,
@@ -88,6 +89,15 @@ def score_spec(cfg: DictConfig, source, backend) -> dict:
     }
 
 
+def data_record(cfg: DictConfig) -> dict:
+    """The resolved data config, root made absolute: enough to rebuild the source later
+    (``python -m distill.materialize`` reads it) from any working directory."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    if data.get("root"):
+        data["root"] = str(Path(os.path.expanduser(str(data["root"]))).resolve())
+    return data
+
+
 def load_backend(cfg: DictConfig) -> DiffusionBackend:
     dtype = resolve_dtype(str(cfg.diffusion.dtype), device_type(cfg.trainer))
     return DiffusionBackend.load(
@@ -103,6 +113,9 @@ def load_backend(cfg: DictConfig) -> DiffusionBackend:
 def run_score(cfg: DictConfig) -> None:
     """Score every source image into ``cfg.paths.bank_dir`` (the ``score`` stage)."""
     quiet_third_party()
+    if cfg.selector.get("kind", "diffusion") != "diffusion":
+        log.info("score: not needed (selector=%s)", cfg.selector.kind)
+        return
     out_dir, bank_dir = Path(cfg.paths.output_dir), Path(cfg.paths.bank_dir)
     zero = is_launch_rank_zero()
     source = build_source(cfg.data)
@@ -121,6 +134,7 @@ def run_score(cfg: DictConfig) -> None:
         write_classes_csv(source.classes, bank_dir / "classes.csv")
         meta = read_meta(bank_dir)
         meta["classes"] = classes
+        meta["data_cfg"] = data_record(cfg)
         write_meta(bank_dir, meta)
 
     shards = make_shards(sizes, int(cfg.scoring.shard_size))
@@ -143,7 +157,7 @@ def run_score(cfg: DictConfig) -> None:
         len(shards),
         config_hash(spec)[:12],
     )
-    loggers, stats, trainer = build_loggers(cfg) if zero else [], None, None
+    loggers, stats, trainer = get_loggers(cfg) if zero else [], None, None
     if todo:
         module = ScoringModule(backend, source.classes, cfg.scoring, int(cfg.data.short_edge))
         data = ScoringData(

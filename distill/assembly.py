@@ -1,0 +1,244 @@
+"""Writing distilled images (paper §3.4): 2x2 tilings of half-size patches up to
+``assemble.concat_max_ipc``, single full-size patches above it; plus the manifest and the
+figures a person looks at (a grid per class, a cluster sheet per class).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from distill.data.images import UnreadableImage
+from distill.io import atomic_path, write_csv_rows
+
+log = logging.getLogger(__name__)
+
+MANIFEST_HEADER = [
+    "file",
+    "slot",
+    "class_index",
+    "class_name",
+    "source",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "score",
+    "cluster",
+    "cluster_rank",
+    "note",
+]
+
+
+@dataclass(frozen=True)
+class PatchRef:
+    """Where a distilled patch comes from: a source item and a box in its original pixels."""
+
+    item: int  # index into the source's items
+    source: str
+    box: tuple[int, int, int, int]
+    score: float | None = None
+    cluster: int = -1
+    cluster_rank: int = -1
+    note: str = ""
+
+
+def crop_patch(im: Image.Image, box: tuple[int, int, int, int], size: int) -> Image.Image:
+    """The patch ``box`` (original pixels) of an image, resized to ``size`` x ``size``."""
+    crop = im.crop(box)
+    if crop.size != (size, size):
+        crop = crop.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    return crop
+
+
+def tile(patches: list[Image.Image], tiles: int) -> Image.Image:
+    """Tile ``tiles * tiles`` equal square patches row-major (slot 0 top-left)."""
+    side = patches[0].size[0]
+    canvas = Image.new("RGB", (side * tiles, side * tiles))
+    for slot, p in enumerate(patches):
+        r, c = divmod(slot, tiles)
+        canvas.paste(p, (c * side, r * side))
+    return canvas
+
+
+def load_crops(source, refs: list[PatchRef], size: int, workers: int = 8) -> list[Image.Image]:
+    """Crops of every reference, decoding each source image once."""
+    by_item: dict[int, list[int]] = {}
+    for i, r in enumerate(refs):
+        by_item.setdefault(r.item, []).append(i)
+    out: list[Image.Image | None] = [None] * len(refs)
+
+    def work(item: int):
+        try:
+            im = source.load(item)
+        except UnreadableImage as e:
+            raise UnreadableImage(f"{source.items[item].source}: {e}") from e
+        for i in by_item[item]:
+            out[i] = crop_patch(im, refs[i].box, size)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(work, by_item))
+    return out  # type: ignore[return-value]
+
+
+def write_distilled_set(
+    out_dir: Path,
+    classes: list[dict],
+    refs_by_class: dict[int, list[PatchRef]],
+    source,
+    ipc: int,
+    per_image: int,
+    image_size: int,
+    image_format: str = "png",
+) -> dict:
+    """Write one IPC as an ImageFolder with ``manifest.csv`` and ``classes.csv``, atomically.
+
+    Args:
+        classes: the distilled set's classes in label order: dicts with ``index`` (label in
+            this set), ``key`` (folder name), ``name`` and ``source_index`` (label in the bank).
+        refs_by_class: per label, the picked patches in rank order.
+        per_image: patches per image (4 for 2x2 tiles, 1 for single patches).
+    """
+    tiles = int(round(per_image**0.5))
+    tile_size = image_size // tiles if per_image > 1 else image_size
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    rows: list[list] = []
+    counts = {}
+    try:
+        for c in classes:
+            refs = refs_by_class.get(c["index"], [])
+            crops = load_crops(source, refs, tile_size)
+            cdir = tmp / c["key"]
+            cdir.mkdir(parents=True, exist_ok=True)
+            n_img = len(refs) // per_image
+            for j in range(n_img):
+                group = list(range(j * per_image, (j + 1) * per_image))
+                img = tile([crops[g] for g in group], tiles) if per_image > 1 else crops[group[0]]
+                name = f"{j:04d}.{image_format}"
+                img.save(cdir / name)
+                for slot, g in enumerate(group):
+                    r = refs[g]
+                    rows.append(
+                        [
+                            f"{c['key']}/{name}",
+                            slot,
+                            c["index"],
+                            c["name"],
+                            r.source,
+                            *r.box,
+                            "" if r.score is None else r.score,
+                            r.cluster,
+                            r.cluster_rank,
+                            r.note,
+                        ]
+                    )
+            counts[c["key"]] = n_img
+        write_csv_rows(tmp / "manifest.csv", MANIFEST_HEADER, rows)
+        write_csv_rows(
+            tmp / "classes.csv",
+            ["index", "key", "name", "source_index"],
+            [[c["index"], c["key"], c["name"], c["source_index"]] for c in classes],
+        )
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {"images": sum(counts.values()), "per_class": counts, "patches": len(rows)}
+
+
+def _save(im: Image.Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as t:
+        im.save(t, format="PNG")
+    return path
+
+
+def grid(
+    images: list[Image.Image],
+    cols: int,
+    thumb: int,
+    labels: list[str] | None = None,
+    title: str = "",
+) -> Image.Image:
+    """A simple contact sheet: thumbnails in rows of ``cols`` with optional labels."""
+    rows = max(1, (len(images) + cols - 1) // cols)
+    top = 16 if title else 0
+    canvas = Image.new("RGB", (cols * (thumb + 2), top + rows * (thumb + 2)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((3, 2), title, fill=(0, 0, 0))
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas.paste(im.resize((thumb, thumb)), (c * (thumb + 2), top + r * (thumb + 2)))
+        if labels:
+            draw.text(
+                (c * (thumb + 2) + 2, top + r * (thumb + 2) + 2), labels[i], fill=(255, 255, 0)
+            )
+    return canvas
+
+
+def class_grids(
+    set_dir: Path, classes: list[dict], fig_dir: Path, thumb: int = 112, overview_classes: int = 10
+) -> list[Path]:
+    """A PNG per class of its distilled images, and an overview of the first classes."""
+    paths = []
+    rows = []
+    for c in classes:
+        files = sorted((set_dir / c["key"]).glob("*.*"))
+        ims = [Image.open(f).convert("RGB") for f in files]
+        if not ims:
+            continue
+        cols = min(10, len(ims))
+        paths.append(
+            _save(
+                grid(ims, cols, thumb, title=f"{c['index']}: {c['name']}"),
+                fig_dir / f"{c['key']}.png",
+            )
+        )
+        if len(rows) < overview_classes:
+            rows.append((c, ims[:10]))
+    if rows:
+        cols = max(len(ims) for _, ims in rows)
+        flat, labels = [], []
+        for c, ims in rows:
+            flat.extend(
+                ims + [Image.new("RGB", (thumb, thumb), (255, 255, 255))] * (cols - len(ims))
+            )
+            labels.extend([c["name"][:14]] + [""] * (cols - 1))
+        paths.insert(0, _save(grid(flat, cols, thumb, labels), fig_dir / "overview.png"))
+    return paths
+
+
+def cluster_sheet(
+    source,
+    refs_by_cluster: list[tuple[int, float, list[PatchRef]]],
+    path: Path,
+    per_cluster: int = 8,
+    thumb: int = 96,
+    title: str = "",
+) -> Path:
+    """Paper Fig. 3: one row per top cluster (rank order), its patches nearest the centroid."""
+    flat: list[Image.Image] = []
+    labels: list[str] = []
+    blank = Image.new("RGB", (thumb, thumb), (255, 255, 255))
+    for cid, median, refs in refs_by_cluster:
+        crops = load_crops(source, refs[:per_cluster], thumb) if refs else []
+        flat.extend(crops + [blank] * (per_cluster - len(crops)))
+        labels.extend([f"c{cid} {median:+.3g}"] + [""] * (per_cluster - 1))
+    return _save(grid(flat, per_cluster, thumb, labels, title), path)

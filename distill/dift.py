@@ -1,0 +1,335 @@
+"""Stage II features: DIFT ("Emergent correspondence from image diffusion") of every bank patch.
+
+For each patch: crop it from the resized image, encode it, noise it at one timestep
+(``features.timestep``, 160: the paper's "t = 1.60", NOTES.md), run the U-Net once with the
+class prompt and keep the output of ``unet.up_blocks[up_ft_index]``; average an ensemble of
+noise draws and pool spatially to one vector. Runs as a Lightning predict stage with the same
+sharding, resume and determinism guarantees as scoring.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from distill.bank import (
+    config_hash,
+    load_bank,
+    mark_complete,
+    merge_shards,
+    prepare_stage,
+    shard_done,
+)
+from distill.data import build_source
+from distill.data.images import UnreadableImage, resize_rgb
+from distill.errors import ConfigError, DataError
+from distill.runtime import (
+    ImageRateBar,
+    barrier,
+    build_trainer,
+    global_rank,
+    is_launch_rank_zero,
+    quiet_third_party,
+    set_cpu_threads,
+)
+from distill.scoring.plan import PlanSampler, Shard, assign, make_shards, pending
+from distill.scoring.relevance import encode_fixed, fixed_chunks, stable_seed
+from distill.writer import ShardWriter
+
+log = logging.getLogger(__name__)
+
+FEATURE_KEYS = ("timestep", "up_ft_index", "ensemble", "prompt", "seed", "pool")
+
+
+def feature_size(bank_spec: dict) -> int:
+    """Side of the square each patch is fed to the U-Net at: the patch, or the short edge."""
+    patch = bank_spec["scoring"].get("patch")
+    return int(patch) if patch is not None else int(bank_spec["data"]["short_edge"])
+
+
+class PatchCrops(Dataset):
+    """Every bank record's patches as uint8 (k, 3, P, P) crops of its resized image."""
+
+    def __init__(self, source, records: list[dict], size: int):
+        self.source, self.records, self.size = source, records, size
+        self.index_of = {it.source: i for i, it in enumerate(source.items)}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.records[i]
+        out = {"index": i, "source": r["source"], "label": r["label"]}
+        try:
+            im = resize_rgb(self.source.load(self.index_of[r["source"]]), tuple(r["size"]))
+        except (UnreadableImage, KeyError) as e:
+            out["error"] = f"cannot reload for features: {e}"
+            return out
+        crops = []
+        for box in r["boxes_resized"]:
+            crop = im.crop(tuple(box))
+            if crop.size != (self.size, self.size):
+                crop = crop.resize((self.size, self.size), resample=3)  # bicubic
+            crops.append(torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1))
+        out["crops"] = torch.stack(crops)
+        return out
+
+
+def collate_crops(batch: list[dict]) -> dict:
+    ok = [b for b in batch if "error" not in b]
+    return {
+        "crops": torch.cat([b["crops"] for b in ok])
+        if ok
+        else torch.empty(0, 3, 0, 0, torch.uint8),
+        "owner": [
+            (b["index"], k, b["source"], b["label"]) for b in ok for k in range(len(b["crops"]))
+        ],
+        "failed": [{"index": b["index"], "error": b["error"]} for b in batch if "error" in b],
+        "source": [b["source"] for b in ok],
+    }
+
+
+class _Stop(Exception):
+    """Raised by the up-block hook: DIFT needs nothing after ``up_blocks[up_ft_index]``."""
+
+    def __init__(self, output: torch.Tensor):
+        self.output = output
+
+
+class DiftModule(L.LightningModule):
+    """DIFT feature of each patch: one U-Net pass per noise draw, cut at an up block."""
+
+    def __init__(self, backend, classes, features: DictConfig):
+        super().__init__()
+        self.backend = backend
+        self.prompts = [str(features.prompt).format(name=c.name) for c in classes]
+        self.timestep = int(features.timestep)
+        if not 0 <= self.timestep < backend.num_train_timesteps:
+            raise ConfigError(
+                f"features.timestep={self.timestep} must lie in [0, {backend.num_train_timesteps})"
+            )
+        self.up_ft_index = int(features.up_ft_index)
+        n_up = len(backend.unet.up_blocks)
+        if not 0 <= self.up_ft_index < n_up:
+            raise ConfigError(
+                f"features.up_ft_index={self.up_ft_index}: the U-Net has {n_up} up blocks"
+            )
+        self.ensemble = max(1, int(features.ensemble))
+        self.seed = int(features.seed)
+        self.pool = str(features.get("pool", "mean"))
+        self.unet_batch = int(features.get("unet_batch", 32))
+        self.vae_batch = int(features.get("vae_batch", 8))
+        self.num_threads = features.get("num_threads")
+        self.class_emb: torch.Tensor | None = None
+
+    def on_predict_start(self) -> None:
+        set_cpu_threads(self._trainer, self.num_threads)
+        self.class_emb = self.backend.embed_prompts(self.prompts)
+
+    @torch.no_grad()
+    def up_features(self, z_t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Output of ``unet.up_blocks[up_ft_index]`` for noisy latents (cut short by a hook)."""
+        block = self.backend.unet.up_blocks[self.up_ft_index]
+
+        def hook(module, inputs, output):
+            raise _Stop(output[0] if isinstance(output, tuple) else output)
+
+        handle = block.register_forward_hook(hook)
+        try:
+            self.backend.predict_eps(
+                z_t, torch.full((len(z_t),), self.timestep, device=z_t.device), emb
+            )
+        except _Stop as stop:
+            return stop.output
+        finally:
+            handle.remove()
+        raise RuntimeError("the U-Net finished without reaching the DIFT up block")
+
+    @torch.no_grad()
+    def features(self, crops: torch.Tensor, labels: list[int], keys: list[tuple]) -> torch.Tensor:
+        """(M, C) features of M crops; ``keys`` seed each crop's noise ensemble."""
+        if self.class_emb is None:
+            self.on_predict_start()
+        z = encode_fixed(self.backend, crops, self.vae_batch)
+        m, e = len(z), self.ensemble
+        eps = torch.stack(
+            [
+                torch.randn(
+                    z.shape[1:],
+                    generator=torch.Generator().manual_seed(
+                        stable_seed("dift", self.seed, *key, i)
+                    ),
+                )
+                for key in keys
+                for i in range(e)
+            ]
+        ).to(z.device, z.dtype)
+        z_rep = z.repeat_interleave(e, dim=0)
+        t = torch.full((m * e,), self.timestep, device=z.device, dtype=torch.long)
+        z_t = self.backend.add_noise(z_rep, eps, t)
+        emb = self.class_emb[torch.tensor(labels, device=self.class_emb.device)].repeat_interleave(
+            e, dim=0
+        )
+        outs = []
+        for idx, n in fixed_chunks(m * e, self.unet_batch, pad=True):
+            idx = idx.to(z.device)
+            outs.append(self.up_features(z_t[idx], emb[idx])[:n].float())
+        feats = torch.cat(outs).view(m, e, *outs[0].shape[1:]).mean(dim=1)
+        if self.pool == "mean":
+            return feats.mean(dim=(2, 3))
+        if self.pool == "max":
+            return feats.amax(dim=(2, 3))
+        raise ConfigError(f"features.pool={self.pool!r} must be 'mean' or 'max'")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        records = [dict(f) for f in batch["failed"]]
+        if not batch["owner"]:
+            return records
+        keys = [(src, k) for _, k, src, _ in batch["owner"]]
+        feats = (
+            self.features(batch["crops"], [lab for *_, lab in batch["owner"]], keys).cpu().numpy()
+        )
+        for (index, k, _, _), f in zip(batch["owner"], feats, strict=True):
+            records.append({"index": index, "k": k, "feature": f})
+        return records
+
+
+class CropData(L.LightningDataModule):
+    def __init__(self, dataset: PatchCrops, shards: list[Shard], batch_size: int, num_workers: int):
+        super().__init__()
+        self.dataset, self.shards = dataset, shards
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        rank = self.trainer.global_rank if self.trainer else 0
+        world = self.trainer.world_size if self.trainer else 1
+        sizes = [(1, 1)] * len(self.dataset)  # every crop has the same size: one bucket
+        sampler = PlanSampler(assign(self.shards, rank, world), sizes, self.batch_size)
+        return DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            collate_fn=collate_crops,
+            num_workers=self.num_workers,
+        )
+
+
+def features_spec(cfg: DictConfig, bank, backend) -> dict:
+    f = OmegaConf.to_container(cfg.features, resolve=True)
+    return {
+        "score_hash": bank.meta["stages"]["score"]["hash"],
+        "features": {k: f.get(k) for k in FEATURE_KEYS},
+        "size": feature_size(bank.spec),
+        "shard_size": int(f.get("shard_size", 256)),
+        "model": backend.fingerprint(),
+    }
+
+
+def load_features(bank_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(features (P, C) float32, owners (P, 2) = (record position, patch k)) of a bank."""
+    bank = Path(bank_dir)
+    if not (bank / "features.npy").is_file():
+        raise DataError(f"{bank} has no features.npy: run the features stage first")
+    return np.load(bank / "features.npy").astype(np.float32), np.load(bank / "feature_owners.npy")
+
+
+def run_features(cfg: DictConfig) -> None:
+    """Compute DIFT features for every patch in the bank (the ``features`` stage)."""
+    quiet_third_party()
+    if cfg.cluster.get("kind") == "none" or cfg.selector.get("kind") != "diffusion":
+        log.info(
+            "features: not needed (cluster=%s, selector=%s)",
+            cfg.cluster.get("kind"),
+            cfg.selector.get("kind"),
+        )
+        return
+    from distill.scoring.stage import load_backend
+
+    bank_dir = Path(cfg.paths.bank_dir)
+    zero = is_launch_rank_zero()
+    bank = load_bank(bank_dir)
+    backend = load_backend(cfg)
+    spec = features_spec(cfg, bank, backend)
+    entry = prepare_stage(
+        bank_dir, "features", spec, str(cfg.features.get("on_mismatch", "error")), write=zero
+    )
+    shards = make_shards([(1, 1)] * len(bank.records), spec["shard_size"])
+    if entry.get("complete") and (bank_dir / "features.npy").is_file():
+        log.info(
+            "bank %s already holds features (hash %s): reusing them", bank_dir, entry["hash"][:12]
+        )
+        return
+    todo = pending(shards, lambda s: shard_done(bank_dir, "features", s.id, len(s.items)))
+    n_todo = sum(len(s.items) for s in todo)
+    log.info(
+        "DIFT features for %d of %d images (%d of %d shards left; hash %s)",
+        n_todo,
+        len(bank.records),
+        len(todo),
+        len(shards),
+        config_hash(spec)[:12],
+    )
+    source = (
+        build_source(OmegaConf.create(bank.meta["data_cfg"]))
+        if "data_cfg" in bank.meta
+        else build_source(cfg.data)
+    )
+    trainer = None
+    if todo:
+        module = DiftModule(backend, [_Cls(c) for c in bank.classes], cfg.features)
+        data = CropData(
+            PatchCrops(source, bank.records, spec["size"]),
+            todo,
+            int(cfg.features.batch_size),
+            int(cfg.features.get("num_workers", 0)),
+        )
+        writer = ShardWriter(bank_dir, "features", todo)
+        callbacks = [writer] + (
+            [ImageRateBar()] if cfg.trainer.get("enable_progress_bar", True) else []
+        )
+        trainer = build_trainer(cfg, callbacks, None, use_distributed_sampler=False)
+        t0 = time.perf_counter()
+        trainer.predict(module, datamodule=data, return_predictions=False)
+        log.info("features: %.2f images/s", n_todo / max(time.perf_counter() - t0, 1e-9))
+    barrier()
+    if trainer.is_global_zero if trainer is not None else global_rank() == 0:
+        _merge_features(bank_dir, bank, shards)
+    barrier()
+
+
+class _Cls:
+    """A class record from the bank's meta with the attributes the modules read."""
+
+    def __init__(self, d: dict):
+        self.index, self.key, self.name = d["index"], d["key"], d["name"]
+
+
+def _merge_features(bank_dir: Path, bank, shards: list[Shard]) -> None:
+    from distill.io import atomic_path
+
+    recs = merge_shards(bank_dir, "features", [s.id for s in shards])
+    ok = [r for r in recs if "error" not in r]
+    for r in recs:
+        if "error" in r:
+            log.warning("no features for %s: %s", bank.records[r["index"]]["source"], r["error"])
+    feats = np.stack([r["feature"] for r in ok]).astype(np.float16)
+    owners = np.array([[r["index"], r["k"]] for r in ok], dtype=np.int64)
+    for name, arr in (("features.npy", feats), ("feature_owners.npy", owners)):
+        with atomic_path(bank_dir / name) as tmp, open(tmp, "wb") as f:
+            np.save(f, arr)
+    mark_complete(
+        bank_dir,
+        "features",
+        num_patches=len(ok),
+        dim=int(feats.shape[1]),
+        num_failed=len(recs) - len(ok),
+    )
+    log.info(
+        "features: %d patches x %d dims -> %s", len(ok), feats.shape[1], bank_dir / "features.npy"
+    )

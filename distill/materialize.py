@@ -1,0 +1,484 @@
+"""Distilled sets for any IPC or class subset from an existing bank, without the diffusion model.
+
+    python -m distill.materialize bank_dir=RUN_DIR ipc=[20]
+    python -m distill.materialize bank_dir=RUN_DIR ipc=[10,50] classes=[0,2] out_dir=/tmp/sub
+    python -m distill.materialize bank_dir=RUN_DIR ipc=[10] classes=[beagle,n02099601] cluster=none
+
+The bank's scores, features and clusters do not depend on IPC or on which classes are
+distilled together; this is where that pays off: a new setting costs seconds. ``classes``
+takes bank label indices, class keys (WordNet IDs, folder names) or names. Output goes to
+``RUN_DIR/distilled/ipc{K}/`` unless ``out_dir`` is given. The pipeline's ``assemble`` stage
+calls `materialize` too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from distill.assembly import PatchRef, class_grids, cluster_sheet, write_distilled_set
+from distill.bank import load_bank
+from distill.data import build_source
+from distill.data.images import resized_size
+from distill.errors import ConfigError, DataError, DistillError
+from distill.scoring.relevance import box_to_original, stable_seed
+from distill.selection import (
+    Patch,
+    patches_needed,
+    patches_per_image,
+    select_by_relevance,
+    select_clustered,
+)
+
+log = logging.getLogger(__name__)
+
+
+def resolve_bank_dir(path: str | Path) -> tuple[Path, Path]:
+    """(bank folder, default output folder) for a run folder or a bank folder."""
+    p = Path(path).expanduser()
+    if (p / "bank" / "meta.json").is_file():
+        return p / "bank", p / "distilled"
+    if (p / "meta.json").is_file():
+        return p, p / "distilled"
+    raise DataError(f"bank_dir={p}: no bank here (expected {p}/bank/meta.json or {p}/meta.json)")
+
+
+def choose_classes(all_classes: list[dict], wanted) -> list[dict]:
+    """The distilled set's classes: ``wanted`` by index, key or name, in the order given."""
+    if wanted is None:
+        chosen = list(all_classes)
+    else:
+        by_key = {c["key"]: c for c in all_classes}
+        by_name = {c["name"]: c for c in all_classes}
+        chosen = []
+        for w in wanted:
+            if isinstance(w, int) or (isinstance(w, str) and w.isdigit()):
+                i = int(w)
+                if not 0 <= i < len(all_classes):
+                    raise ConfigError(
+                        f"classes: index {i} out of range (the bank has {len(all_classes)} classes)"
+                    )
+                chosen.append(all_classes[i])
+            elif w in by_key:
+                chosen.append(by_key[w])
+            elif w in by_name:
+                chosen.append(by_name[w])
+            else:
+                raise ConfigError(
+                    f"classes: {w!r} is neither an index, a key nor a name of the bank's classes"
+                )
+        if len({c["index"] for c in chosen}) != len(chosen):
+            raise ConfigError(f"classes lists a class twice: {list(wanted)}")
+    return [
+        {"index": i, "key": c["key"], "name": c["name"], "source_index": c["index"]}
+        for i, c in enumerate(chosen)
+    ]
+
+
+def diffusion_refs(
+    bank,
+    source,
+    classes: list[dict],
+    ipc: int,
+    use_clusters: bool,
+    top_clusters: int,
+    concat_max_ipc: int,
+    tiles: int,
+    strict: bool,
+    clusters=None,
+    owners=None,
+) -> dict:
+    """Per distilled label, the picked patches (as `PatchRef`) in rank order."""
+    index_of = {it.source: i for i, it in enumerate(source.items)}
+    need = patches_needed(ipc, concat_max_ipc, tiles)
+    by_class = bank.by_class()
+    out: dict[int, list[PatchRef]] = {}
+    for c in classes:
+        records = by_class.get(c["source_index"], [])
+        if use_clusters:
+            cl = clusters["classes"][str(c["source_index"])]
+            patches = []
+            for row, cid, dist in zip(cl["patches"], cl["cluster"], cl["distance"], strict=True):
+                ri, k = owners[row]
+                patches.append(
+                    Patch(int(row), float(bank.records[ri]["scores"][k]), int(cid), float(dist))
+                )
+            picks = select_clustered(
+                patches, cl["ranked"], top_clusters, ipc, concat_max_ipc, tiles
+            )
+            where = {int(row): tuple(owners[row]) for row in cl["patches"]}
+        else:
+            patches, where = [], {}
+            pos = {id(r): i for i, r in enumerate(bank.records)}
+            for r in records:
+                for k, s in enumerate(r["scores"]):
+                    pid = len(where)
+                    where[pid] = (pos[id(r)], k)
+                    patches.append(Patch(pid, float(s)))
+            picks = select_by_relevance(patches, ipc, concat_max_ipc, tiles)
+        reused = sum(pk.note == "reused" for pk in picks)
+        if not picks or reused:
+            msg = (
+                f"class {c['source_index']} ({c['name']}): {len(patches)} patches for "
+                f"{need} needed at IPC {ipc}"
+            )
+            if strict:
+                raise DataError(msg + " (assemble.strict=true)")
+            log.warning(
+                "%s: %s", msg, "patches reused (manifest note 'reused')" if picks else "no images"
+            )
+        refs = []
+        for pk in picks:
+            ri, k = where[pk.patch.id]
+            r = bank.records[ri]
+            refs.append(
+                PatchRef(
+                    index_of[r["source"]],
+                    r["source"],
+                    tuple(r["boxes"][k]),
+                    pk.patch.score,
+                    pk.patch.cluster,
+                    pk.cluster_rank,
+                    pk.note,
+                )
+            )
+        out[c["index"]] = refs
+    return out
+
+
+def random_refs(
+    source,
+    classes: list[dict],
+    ipc: int,
+    concat_max_ipc: int,
+    tiles: int,
+    patch: int | None,
+    short_edge: int,
+    mode: str,
+    seed: int,
+) -> dict:
+    """Baseline: random real images (``mode=image``) or random patch crops (``mode=crop``)."""
+    if mode not in ("crop", "image"):
+        raise ConfigError(f"selector.mode={mode!r} must be 'crop' or 'image'")
+    need = patches_needed(ipc, concat_max_ipc, tiles)
+    items_by_class: dict[int, list[int]] = {}
+    for i, it in enumerate(source.items):
+        items_by_class.setdefault(it.label, []).append(i)
+    out = {}
+    for c in classes:
+        rng = random.Random(stable_seed("random-selector", seed, c["key"]))
+        items = items_by_class.get(c["source_index"], [])
+        if not items:
+            out[c["index"]] = []
+            log.warning("class %s has no images for the random selector", c["name"])
+            continue
+        order = rng.sample(items, len(items))
+        chosen = [order[j % len(order)] for j in range(need)]
+        refs = []
+        for j, i in enumerate(chosen):
+            w, h = source.items[i].size
+            note = "reused" if j >= len(order) else ""
+            if mode == "image" or patch is None:
+                s = min(w, h)  # the largest centred square
+                box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+            else:
+                rw, rh = resized_size(w, h, short_edge, 1)
+                x0, y0 = rng.randint(0, max(0, rw - patch)), rng.randint(0, max(0, rh - patch))
+                box = box_to_original((x0, y0, x0 + patch, y0 + patch), (rw, rh), (w, h))
+            refs.append(PatchRef(i, source.items[i].source, box, None, -1, -1, note))
+        out[c["index"]] = refs
+    return out
+
+
+def materialize(
+    bank_dir: str | Path | None,
+    ipcs: list[int],
+    out_dir: str | Path | None = None,
+    classes=None,
+    selector: str = "diffusion",
+    selector_mode: str = "crop",
+    use_clusters: bool = True,
+    top_clusters: int = 10,
+    concat_max_ipc: int = 10,
+    tiles: int = 2,
+    image_size: int | None = None,
+    strict: bool = False,
+    seed: int = 0,
+    source=None,
+    data_cfg=None,
+    patch: int | None = None,
+    short_edge: int | None = None,
+    figures: bool = True,
+    image_format: str = "png",
+) -> dict:
+    """Write ``distilled/ipc{K}`` for every K in ``ipcs``; returns a summary per IPC.
+
+    With ``selector=diffusion`` everything comes from the bank; ``selector=random`` needs only
+    the source images (``data_cfg``, or the bank's record of them).
+    """
+    bank = clusters = owners = None
+    default_out = None
+    if bank_dir is not None:
+        bank_path, default_out = resolve_bank_dir(bank_dir)
+        if selector == "diffusion":
+            bank = load_bank(bank_path)
+    out_root = Path(out_dir) if out_dir is not None else default_out
+    if out_root is None:
+        raise ConfigError("materialize needs out_dir when there is no bank_dir")
+    meta = (
+        bank.meta
+        if bank is not None
+        else (json.loads((bank_path / "meta.json").read_text()) if bank_dir is not None else {})
+    )
+    if source is None:
+        cfg = data_cfg if data_cfg is not None else meta.get("data_cfg")
+        if cfg is None:
+            raise DataError("the bank does not record its dataset (data_cfg); pass data_cfg")
+        source = build_source(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg)
+    all_classes = [c.to_dict() for c in source.classes] if bank is None else bank.classes
+    chosen = choose_classes(all_classes, classes)
+    if bank is not None:
+        patch = bank.spec["scoring"].get("patch")
+        short_edge = int(bank.spec["data"]["short_edge"])
+    if short_edge is None:
+        raise ConfigError("materialize needs short_edge for the random selector without a bank")
+    size = int(image_size) if image_size else int(patch if patch is not None else short_edge)
+    if selector == "diffusion" and use_clusters:
+        cpath = bank.path / "clusters.json"
+        if not cpath.is_file():
+            raise DataError(
+                f"{cpath} not found: run the features and cluster stages, or pass cluster=none"
+            )
+        import numpy as np
+
+        clusters = json.loads(cpath.read_text())
+        owners = np.load(bank.path / "feature_owners.npy")
+    summary = {}
+    for ipc in [int(k) for k in ipcs]:
+        if ipc < 1:
+            raise ConfigError(f"ipc={ipc}: images per class must be >= 1")
+        if selector == "diffusion":
+            refs = diffusion_refs(
+                bank,
+                source,
+                chosen,
+                ipc,
+                use_clusters,
+                top_clusters,
+                concat_max_ipc,
+                tiles,
+                strict,
+                clusters,
+                owners,
+            )
+        elif selector == "random":
+            refs = random_refs(
+                source, chosen, ipc, concat_max_ipc, tiles, patch, short_edge, selector_mode, seed
+            )
+        else:
+            raise ConfigError(f"selector.kind={selector!r} must be 'diffusion' or 'random'")
+        per_image = patches_per_image(ipc, concat_max_ipc, tiles)
+        set_dir = out_root / f"ipc{ipc}"
+        info = write_distilled_set(
+            set_dir, chosen, refs, source, ipc, per_image, size, image_format
+        )
+        log.info(
+            "distilled IPC %d: %d images of %d classes -> %s",
+            ipc,
+            info["images"],
+            len(chosen),
+            set_dir,
+        )
+        if figures:
+            info["figures"] = [
+                str(p)
+                for p in class_grids(set_dir, chosen, out_root.parent / "figures" / f"ipc{ipc}")
+            ]
+        summary[ipc] = info
+    if figures and clusters is not None:
+        summary["cluster_sheets"] = [
+            str(p)
+            for p in write_cluster_sheets(
+                bank,
+                source,
+                chosen,
+                clusters,
+                owners,
+                top_clusters,
+                out_root.parent / "figures" / "clusters",
+            )
+        ]
+    return summary
+
+
+def write_cluster_sheets(
+    bank, source, classes, clusters, owners, top_clusters: int, fig_dir: Path
+) -> list[Path]:
+    index_of = {it.source: i for i, it in enumerate(source.items)}
+    paths = []
+    for c in classes:
+        cl = clusters["classes"][str(c["source_index"])]
+        rows = []
+        for cid, median in list(zip(cl["ranked"], cl["median"], strict=True))[:top_clusters]:
+            members = [
+                (d, row)
+                for row, k, d in zip(cl["patches"], cl["cluster"], cl["distance"], strict=True)
+                if k == cid
+            ]
+            refs = []
+            for _, row in sorted(members):
+                ri, k = owners[row]
+                r = bank.records[ri]
+                refs.append(PatchRef(index_of[r["source"]], r["source"], tuple(r["boxes"][k])))
+            rows.append((cid, median, refs))
+        paths.append(
+            cluster_sheet(
+                source,
+                rows,
+                fig_dir / f"{c['key']}.png",
+                title=f"{c['index']}: {c['name']} - top clusters by median relevance",
+            )
+        )
+    return paths
+
+
+# null: what the run that made the bank used (recorded in the bank), else the paper's value.
+DEFAULTS = dict(
+    bank_dir=None,
+    ipc=[10],
+    classes=None,
+    out_dir=None,
+    cluster="kmeans",
+    top_clusters=None,
+    concat_max_ipc=None,
+    tiles=None,
+    image_size=None,
+    strict=False,
+    figures=True,
+)
+PAPER = dict(top_clusters=10, concat_max_ipc=10, tiles=2)
+
+
+def recorded_settings(bank_dir) -> dict:
+    """Selection and assembly settings of the run that made a bank (materialise's defaults)."""
+    bank, _ = resolve_bank_dir(bank_dir)
+    meta = json.loads((bank / "meta.json").read_text())
+    out = dict(meta.get("assemble", {}))
+    if (bank / "clusters.json").is_file():
+        out.setdefault(
+            "top_clusters", json.loads((bank / "clusters.json").read_text()).get("top_clusters")
+        )
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``key=value`` arguments (OmegaConf syntax), e.g. ``bank_dir=RUN ipc=[20] classes=[0,2]``."""
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+    )
+    args = OmegaConf.merge(
+        OmegaConf.create(DEFAULTS),
+        OmegaConf.from_dotlist(argv if argv is not None else sys.argv[1:]),
+    )
+    unknown = set(args) - set(DEFAULTS)
+    try:
+        if unknown:
+            raise ConfigError(f"unknown arguments {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        if args.bank_dir is None:
+            raise ConfigError(
+                "bank_dir=RUN_DIR is required (a run folder holding bank/, or a bank folder)"
+            )
+        ipcs = list(args.ipc) if OmegaConf.is_list(args.ipc) else [int(args.ipc)]
+        classes = list(args.classes) if args.classes is not None else None
+        recorded = recorded_settings(args.bank_dir)
+
+        def pick(key):
+            return args[key] if args[key] is not None else recorded.get(key, PAPER.get(key))
+
+        summary = materialize(
+            args.bank_dir,
+            ipcs,
+            args.out_dir,
+            classes,
+            "diffusion",
+            use_clusters=args.cluster != "none",
+            top_clusters=int(pick("top_clusters")),
+            concat_max_ipc=int(pick("concat_max_ipc")),
+            tiles=int(pick("tiles")),
+            image_size=pick("image_size"),
+            strict=bool(args.strict),
+            figures=bool(args.figures),
+        )
+    except DistillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for ipc, info in summary.items():
+        if isinstance(ipc, int):
+            print(f"ipc{ipc}: {info['images']} images, {info['patches']} patches")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run_assemble(cfg) -> None:
+    """The pipeline's ``assemble`` stage: every IPC of ``cfg.ipc`` into ``<run>/distilled``."""
+    from distill.runtime import get_loggers, is_launch_rank_zero
+
+    if not is_launch_rank_zero():
+        return
+    selector = str(cfg.selector.kind)
+    out = Path(cfg.paths.output_dir) / "distilled"
+    common = dict(
+        top_clusters=int(cfg.cluster.get("top_clusters", 10)),
+        concat_max_ipc=int(cfg.assemble.concat_max_ipc),
+        tiles=int(cfg.assemble.get("tiles", 2)),
+        image_size=cfg.assemble.get("image_size"),
+        strict=bool(cfg.assemble.get("strict", False)),
+        image_format=str(cfg.assemble.get("image_format", "png")),
+    )
+    if selector == "diffusion":
+        from distill.bank import read_meta, write_meta
+
+        meta = read_meta(cfg.paths.bank_dir)
+        meta["assemble"] = {k: common[k] for k in ("concat_max_ipc", "tiles", "image_size")}
+        write_meta(cfg.paths.bank_dir, meta)
+        summary = materialize(
+            cfg.paths.bank_dir,
+            list(cfg.ipc),
+            out,
+            None,
+            "diffusion",
+            use_clusters=cfg.cluster.get("kind") != "none",
+            **common,
+        )
+    else:
+        summary = materialize(
+            None,
+            list(cfg.ipc),
+            out,
+            None,
+            selector,
+            selector_mode=str(cfg.selector.get("mode", "crop")),
+            seed=int(cfg.selector.seed),
+            data_cfg=cfg.data,
+            patch=cfg.scoring.get("patch"),
+            short_edge=int(cfg.data.short_edge),
+            use_clusters=False,
+            **common,
+        )
+    for lg in get_loggers(cfg):
+        from lightning.pytorch.loggers import WandbLogger
+
+        if isinstance(lg, WandbLogger):
+            for ipc, info in summary.items():
+                if isinstance(ipc, int) and info.get("figures"):
+                    lg.log_image(key=f"distilled/ipc{ipc}", images=info["figures"][:1])
+            if summary.get("cluster_sheets"):
+                lg.log_image(key="clusters", images=summary["cluster_sheets"][:8])

@@ -1,0 +1,89 @@
+"""Assembly geometry and pixel content, and the written ImageFolder + manifest."""
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from distill.assembly import PatchRef, crop_patch, tile, write_distilled_set
+from distill.data.classes import ClassInfo
+from distill.data.records import SourceItem
+from distill.data.sources import ArraySource
+from tests.conftest import random_rgb
+
+
+def source_of(sizes):
+    classes = [ClassInfo(0, "cat_dir", "cat"), ClassInfo(1, "dog_dir", "dog")]
+    arrays = [random_rgb(h, w, seed=i) for i, (w, h) in enumerate(sizes)]
+    items = [SourceItem(f"s/{i}", i % 2, (w, h)) for i, (w, h) in enumerate(sizes)]
+    return ArraySource("t", "train", classes, items, [], None, arrays=arrays)
+
+
+def test_tile_places_patches_row_major():
+    patches = [
+        Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255), (9, 9, 9)]
+    ]
+    out = np.asarray(tile(patches, 2))
+    assert out.shape == (16, 16, 3)
+    assert (out[:8, :8] == [255, 0, 0]).all() and (out[:8, 8:] == [0, 255, 0]).all()
+    assert (out[8:, :8] == [0, 0, 255]).all() and (out[8:, 8:] == [9, 9, 9]).all()
+
+
+def test_crop_patch_resizes_the_box():
+    im = Image.fromarray(random_rgb(100, 150))
+    got = crop_patch(im, (10, 20, 74, 84), 32)
+    want = im.crop((10, 20, 74, 84)).resize((32, 32), Image.Resampling.BICUBIC, reducing_gap=None)
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+    assert np.array_equal(np.asarray(crop_patch(im, (0, 0, 32, 32), 32)), np.asarray(im)[:32, :32])
+
+
+@pytest.mark.parametrize("per_image,size", [(4, 64), (1, 48)])
+def test_write_distilled_set(tmp_path, per_image, size):
+    src = source_of([(120, 90), (90, 120), (64, 64), (200, 100)])
+    classes = [
+        {"index": 0, "key": "cat_dir", "name": "cat", "source_index": 0},
+        {"index": 1, "key": "dog_dir", "name": "dog", "source_index": 1},
+    ]
+    boxes = {0: (10, 5, 70, 65), 1: (0, 60, 60, 120), 2: (4, 4, 36, 36), 3: (140, 40, 200, 100)}
+    refs = {
+        0: [
+            PatchRef(i, f"s/{i}", boxes[i], 0.1 * j, j % 3, j % 3)
+            for j, i in enumerate([0, 2, 0, 2] * 2)
+        ],
+        1: [PatchRef(i, f"s/{i}", boxes[i], 0.2, -1, -1, "fill") for i in [1, 3, 3, 1] * 2],
+    }
+    out = tmp_path / "ipc"
+    (out / "stale_class").mkdir(parents=True)  # an older set is replaced whole
+    info = write_distilled_set(
+        out, classes, refs, src, ipc=8 // per_image, per_image=per_image, image_size=size
+    )
+    n_img = 8 // per_image
+    assert info["images"] == 2 * n_img
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cat_dir",
+        "classes.csv",
+        "dog_dir",
+        "manifest.csv",
+    ]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with open(out / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16
+    tile_size = size // 2 if per_image == 4 else size
+    for r in rows:
+        img = np.asarray(Image.open(out / r["file"]))
+        assert img.shape == (size, size, 3)
+        i = int(r["source"].split("/")[1])
+        box = tuple(int(r[k]) for k in ("x0", "y0", "x1", "y1"))
+        w, h = src.items[i].size
+        assert box == boxes[i] and 0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h
+        slot = int(r["slot"])
+        y, x = divmod(slot, 2) if per_image == 4 else (0, 0)
+        want = np.asarray(crop_patch(src.load(i), box, tile_size))
+        got = img[y * tile_size : (y + 1) * tile_size, x * tile_size : (x + 1) * tile_size]
+        assert np.array_equal(got, want), r
+        assert r["class_name"] == ("cat" if r["file"].startswith("cat") else "dog")
+    assert {r["note"] for r in rows if r["class_index"] == "1"} == {"fill"}
+    with open(out / "classes.csv", newline="") as f:
+        assert [r["key"] for r in csv.DictReader(f)] == ["cat_dir", "dog_dir"]

@@ -1,0 +1,303 @@
+"""Stage II end to end on the tiny model: DIFT against a reference, the full pipeline, several
+IPCs in one run, materialising new IPCs and class subsets without the model, baselines."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from distill.assembly import crop_patch
+from distill.bank import read_jsonl
+from distill.data import build_source
+from distill.data.classes import ClassInfo
+from distill.dift import DiftModule
+from distill.materialize import main as materialize_main
+from distill.pipeline import run
+from distill.scoring.relevance import stable_seed
+from tests.conftest import ROOT, compose
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def feature_cfg(**kw):
+    base = dict(
+        timestep=160,
+        up_ft_index=1,
+        ensemble=3,
+        prompt="An image of {name}",
+        seed=0,
+        pool="mean",
+        unet_batch=4,
+        vae_batch=2,
+        num_threads=None,
+    )
+    base.update(kw)
+    return OmegaConf.create(base)
+
+
+@torch.no_grad()
+def test_dift_matches_reference(tiny_backend):
+    classes = [ClassInfo(0, "a", "beagle"), ClassInfo(1, "b", "dingo")]
+    module = DiftModule(tiny_backend, classes, feature_cfg())
+    crops = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    labels, keys = [0, 1, 1], [("x", 0), ("x", 1), ("y", 0)]
+    got = module.features(crops, labels, keys)
+    # Reference: one crop, one draw at a time, full U-Net, the up block's output captured.
+    block = tiny_backend.unet.up_blocks[1]
+    captured = []
+    handle = block.register_forward_hook(lambda m, i, o: captured.append(o))
+    want = []
+    for c in range(3):
+        x = crops[c : c + 1].float() / 127.5 - 1
+        z = tiny_backend.vae.encode(x).latent_dist.mean * 0.18215
+        a = float(tiny_backend.scheduler.alphas_cumprod[160])
+        ids = tiny_backend.tokenizer(
+            [f"An image of {classes[labels[c]].name}"],
+            padding="max_length",
+            max_length=77,
+            return_tensors="pt",
+        ).input_ids
+        emb = tiny_backend.text_encoder(ids)[0]
+        acc = 0
+        for i in range(3):
+            g = torch.Generator().manual_seed(stable_seed("dift", 0, *keys[c], i))
+            eps = torch.randn(z.shape[1:], generator=g)[None]
+            captured.clear()
+            tiny_backend.unet(
+                a**0.5 * z + (1 - a) ** 0.5 * eps, torch.tensor([160]), encoder_hidden_states=emb
+            )
+            acc = acc + captured[0]
+        want.append((acc / 3).mean(dim=(2, 3))[0])
+    handle.remove()
+    want = torch.stack(want)
+    assert got.shape == (3, block.resnets[-1].conv2.out_channels)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert (got[1] - got[2]).abs().max() > 1e-4  # different crops, different features
+
+
+def smoke(out: Path, *overrides: str):
+    return compose(
+        "distill",
+        [
+            "experiment=smoke",
+            f"paths.output_dir={out}",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            "scoring.num_threads=1",
+            "features.num_threads=1",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    cfg = smoke(out, "ipc=[1,10,20]")
+    run(cfg)
+    return out, cfg
+
+
+def check_set(set_dir: Path, ipc: int, classes: list[str], source):
+    """Exactly classes x IPC images, manifest consistent with the files and the sources."""
+    rows = read_csv(set_dir / "manifest.csv")
+    per_image = 4 if ipc <= 10 else 1
+    files = sorted(str(p.relative_to(set_dir)) for p in set_dir.glob("*/*.png"))
+    assert len(files) == len(classes) * ipc
+    for key in classes:
+        assert len(list((set_dir / key).glob("*.png"))) == ipc
+    assert sorted({r["file"] for r in rows}) == files
+    assert len(rows) == len(files) * per_image
+    for f in files:
+        slots = sorted(int(r["slot"]) for r in rows if r["file"] == f)
+        assert slots == list(range(per_image))
+    sizes = {it.source: it.size for it in source.items}
+    for r in rows:
+        w, h = sizes[r["source"]]
+        x0, y0, x1, y1 = (int(r[k]) for k in ("x0", "y0", "x1", "y1"))
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        assert r["file"].split("/")[0] == classes[int(r["class_index"])]
+    return rows
+
+
+def test_pipeline_writes_every_ipc(pipeline_run):
+    out, cfg = pipeline_run
+    source = build_source(cfg.data)
+    keys = [c.key for c in source.classes]
+    for ipc in (1, 10, 20):
+        rows = check_set(out / "distilled" / f"ipc{ipc}", ipc, keys, source)
+        assert all(r["cluster"] != "-1" for r in rows)
+    # A tile is the resized patch of its source, pixel for pixel.
+    r = read_csv(out / "distilled" / "ipc10" / "manifest.csv")[5]
+    img = np.asarray(Image.open(out / "distilled" / "ipc10" / r["file"]))
+    src_i = next(i for i, it in enumerate(source.items) if it.source == r["source"])
+    box = tuple(int(r[k]) for k in ("x0", "y0", "x1", "y1"))
+    y, x = divmod(int(r["slot"]), 2)
+    want = np.asarray(crop_patch(source.load(src_i), box, 16))
+    assert np.array_equal(img[y * 16 : y * 16 + 16, x * 16 : x * 16 + 16], want)
+    # Figures a person opens.
+    for p in ("figures/ipc10/overview.png", f"figures/clusters/{keys[0]}.png", "best_patches.png"):
+        assert Image.open(out / p).size[0] > 100
+    meta = json.loads((out / "bank" / "meta.json").read_text())
+    assert all(meta["stages"][s]["complete"] for s in ("score", "features", "cluster"))
+    clusters = json.loads((out / "bank" / "clusters.json").read_text())
+    assert {c["num_centers"] for c in clusters["classes"].values()} == {4}
+
+
+def test_rerun_reuses_bank(pipeline_run, tmp_path, caplog):
+    out, _ = pipeline_run
+    before = (out / "bank" / "features.npy").stat().st_mtime_ns
+    caplog.set_level("INFO")
+    run(smoke(out, "ipc=[1,10,20]"))
+    assert (out / "bank" / "features.npy").stat().st_mtime_ns == before
+    assert "reusing" in caplog.text
+
+
+def test_materialize_new_ipc_and_subset_without_model(pipeline_run, tmp_path, monkeypatch, capsys):
+    out, cfg = pipeline_run
+    from distill.diffusion import DiffusionBackend
+
+    def no_model(*a, **k):
+        raise AssertionError("materialize must not load the diffusion model")
+
+    monkeypatch.setattr(DiffusionBackend, "load", no_model)
+    source = build_source(cfg.data)
+    keys = [c.key for c in source.classes]
+    t0 = time.perf_counter()
+    assert materialize_main([f"bank_dir={out}", "ipc=[5,30]", f"out_dir={tmp_path}/new"]) == 0
+    assert time.perf_counter() - t0 < 30
+    check_set(tmp_path / "new" / "ipc5", 5, keys, source)
+    check_set(tmp_path / "new" / "ipc30", 30, keys, source)
+    # A class subset by index and by name, in the order given; labels renumbered, recorded.
+    assert (
+        materialize_main(
+            [f"bank_dir={out}/bank", "ipc=[10]", "classes=[2,ellipse]", f"out_dir={tmp_path}/sub"]
+        )
+        == 0
+    )
+    sub = tmp_path / "sub" / "ipc10"
+    assert read_csv(sub / "classes.csv") == [
+        {"index": "0", "key": keys[2], "name": "triangle", "source_index": "2"},
+        {"index": "1", "key": keys[0], "name": "ellipse", "source_index": "0"},
+    ]
+    rows = check_set(sub, 10, [keys[2], keys[0]], source)
+    # The subset's images are the full set's images of those classes: clustering is per class.
+    full = {
+        (r["file"], r["slot"], r["source"], r["x0"])
+        for r in read_csv(out / "distilled" / "ipc10" / "manifest.csv")
+    }
+    assert {(r["file"], r["slot"], r["source"], r["x0"]) for r in rows} <= full
+    # Errors are clear and exit 2.
+    assert materialize_main([f"bank_dir={out}", "classes=[zebra]"]) == 2
+    assert "zebra" in capsys.readouterr().err
+
+
+def test_materialize_cli_with_model_pointing_nowhere(pipeline_run, tmp_path):
+    out, _ = pipeline_run
+    env = dict(os.environ, DISTILL_CACHE=str(tmp_path / "empty-cache"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.materialize",
+            f"bank_dir={out}",
+            "ipc=[20]",
+            "classes=[0,2]",
+            f"out_dir={tmp_path}/cli",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "cli" / "ipc20").iterdir() if p.is_dir()) == sorted(
+        [read_csv(out / "classes.csv")[i]["key"] for i in (0, 2)]
+    )
+    assert not (tmp_path / "empty-cache").exists()
+
+
+def test_cluster_none_ablation(tmp_path):
+    run(smoke(tmp_path, "cluster=none", "ipc=[1]"))
+    assert not (tmp_path / "bank" / "features.npy").exists()
+    rows = read_csv(tmp_path / "distilled" / "ipc1" / "manifest.csv")
+    assert {r["cluster"] for r in rows} == {"-1"}
+    # Relevance only: each class's 4 patches are its 4 best.
+    recs = read_jsonl(tmp_path / "bank" / "scores.jsonl")
+    for label in range(3):
+        best = sorted((s for r in recs if r["label"] == label for s in r["scores"]), reverse=True)[
+            :4
+        ]
+        got = [float(r["score"]) for r in rows if r["class_index"] == str(label)]
+        assert got == pytest.approx(best)
+
+
+def test_random_selector_baseline(tmp_path):
+    run(smoke(tmp_path, "selector=random", "ipc=[1,10]"))
+    assert not (tmp_path / "bank").exists(), "the random baseline needs no diffusion model"
+    source = build_source(smoke(tmp_path).data)
+    keys = [c.key for c in source.classes]
+    rows = check_set(tmp_path / "distilled" / "ipc10", 10, keys, source)
+    assert {r["score"] for r in rows} == {""}
+    # Seeded: the same picks again.
+    run(smoke(tmp_path / "again", "selector=random", "ipc=[10]"))
+    again = read_csv(tmp_path / "again" / "distilled" / "ipc10" / "manifest.csv")
+    assert [(r["source"], r["x0"], r["y0"]) for r in again] == [
+        (r["source"], r["x0"], r["y0"]) for r in rows
+    ]
+
+
+def test_smoke_on_two_cpu_ranks_under_two_minutes(pipeline_run, tmp_path):
+    out, cfg = pipeline_run
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill",
+            "experiment=smoke",
+            "trainer.devices=2",
+            "logger=none",
+            "ipc=[1,10,20]",
+            "scoring.num_threads=1",
+            "features.num_threads=1",
+            f"paths.output_dir={tmp_path}/ddp",
+            f"hydra.run.dir={tmp_path}/hydra",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert elapsed < 120, f"took {elapsed:.0f}s"
+    source = build_source(cfg.data)
+    keys = [c.key for c in source.classes]
+    for ipc in (1, 10, 20):
+        rows = check_set(tmp_path / "ddp" / "distilled" / f"ipc{ipc}", ipc, keys, source)
+        single = read_csv(out / "distilled" / f"ipc{ipc}" / "manifest.csv")
+        key = lambda r: (r["file"], r["slot"], r["source"], r["x0"], r["y0"], r["cluster"])
+        assert [key(r) for r in rows] == [key(r) for r in single], (
+            "2 ranks must pick what 1 rank picks"
+        )
