@@ -39,6 +39,10 @@ format: $(STAMP) ## Format and auto-fix with ruff
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+bench: $(STAMP) ## Speed benchmarks (fast path vs naive reference; writes results/*.json)
+	$(PY) benchmarks/score_bench.py
+	@if [ -f benchmarks/student_bench.py ]; then $(PY) benchmarks/student_bench.py; fi
+
 clean: ## Remove build artefacts and caches (keeps .venv and outputs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

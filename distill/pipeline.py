@@ -118,6 +118,11 @@ def run(cfg: DictConfig) -> None:
             f"available: {list(registry)}"
         )
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
-    for name in cfg.stages:
-        log.info("stage %s", name)
-        registry[name](cfg)
+    from distill.runtime import finish_loggers
+
+    try:
+        for name in cfg.stages:
+            log.info("stage %s", name)
+            registry[name](cfg)
+    finally:
+        finish_loggers()

@@ -95,6 +95,18 @@ def build_loggers(cfg: DictConfig) -> list:
     return [hydra.utils.instantiate(c) for c in cfg.logger.values() if c and "_target_" in c]
 
 
+def finish_loggers() -> None:
+    """Flush and close the run's loggers (a W&B run is finished, not left open)."""
+    for loggers in _LOGGERS.values():
+        for lg in loggers:
+            lg.finalize("success")
+            if type(lg).__name__ == "WandbLogger":
+                import wandb
+
+                wandb.finish()
+    _LOGGERS.clear()
+
+
 def get_loggers(cfg: DictConfig) -> list:
     """The run's loggers, built once and shared by every stage (one W&B run per pipeline)."""
     key = id(cfg)

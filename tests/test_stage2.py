@@ -301,3 +301,23 @@ def test_smoke_on_two_cpu_ranks_under_two_minutes(pipeline_run, tmp_path):
         assert [key(r) for r in rows] == [key(r) for r in single], (
             "2 ranks must pick what 1 rank picks"
         )
+
+
+def test_wandb_offline_gets_images_and_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run(smoke(tmp_path, "logger=wandb", "ipc=[1]"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, "one W&B run per pipeline, shared by every stage"
+    media = {
+        p.relative_to(runs[0] / "files" / "media").as_posix().rsplit("_", 2)[0]
+        for p in (runs[0] / "files" / "media").rglob("*.*")
+    }
+    assert {
+        "images/score/histograms",
+        "images/score/best_patches",
+        "table/score/top_patches",
+        "images/distilled/ipc1",
+        "images/clusters",
+    } <= media, media
+    assert (tmp_path / "csv" / "metrics.csv").is_file()  # the CSV logger runs alongside
