@@ -36,7 +36,7 @@ from distill.data.records import SourceItem  # noqa: E402
 from distill.data.sources import ArraySource  # noqa: E402
 from distill.diffusion import DiffusionBackend  # noqa: E402
 from distill.diffusion.architectures import sd15_components, tiny_components  # noqa: E402
-from distill.diffusion.backend import cpu_has_native_bf16  # noqa: E402
+from distill.diffusion.backend import resolve_dtype  # noqa: E402
 from distill.io import atomic_write_json  # noqa: E402
 from distill.scoring.module import ScoringModule  # noqa: E402
 
@@ -110,7 +110,7 @@ def make_source(n: int, size: int, classes: list[ClassInfo], seed: int = 0) -> A
     return ArraySource("bench", "train", classes, items, [], None, arrays=arrays)
 
 
-def scoring_cfg(num_draws: int, unet_batch: int):
+def scoring_cfg(num_draws: int, unet_batch: int, vae_batch: int):
     return OmegaConf.create(
         dict(
             t_range=[0.1, 0.7],
@@ -122,7 +122,7 @@ def scoring_cfg(num_draws: int, unet_batch: int):
             stride=8,
             topk=1,
             unet_batch=unet_batch,
-            vae_batch=8,
+            vae_batch=vae_batch,
             fixed_shapes=True,
             num_threads=None,
         )
@@ -164,19 +164,33 @@ def naive_maps(
     return maps
 
 
-def run_model(name: str, device: str, fast_dtype: torch.dtype, args) -> dict:
+def preset(name: str, device: str, args) -> tuple[torch.dtype, bool]:
+    """The fast path's dtype and layout: the model's diffusion preset, unless overridden."""
+    conf = OmegaConf.load(
+        ROOT / "conf" / "diffusion" / ("tiny.yaml" if name == "tiny" else "random_sd15.yaml")
+    )
+    dtype = args.dtype or str(conf.dtype)
+    channels_last = (
+        bool(conf.get("channels_last", False)) if args.channels_last is None else args.channels_last
+    )
+    return resolve_dtype(dtype, device), channels_last
+
+
+def run_model(name: str, device: str, args) -> dict:
     size = 256
     classes = [
         ClassInfo(i, f"c{i}", n) for i, n in enumerate(["beagle", "church", "tench", "golf ball"])
     ]
+    # The pipeline's defaults: 8 draws; VAE calls of one batch (no padding wasted).
+    draws = 8
     if name == "tiny":
-        n_naive, n_fast, draws, batch, unet_batch = 4, 16, 8, 4, 64
+        n_naive, n_fast, batch = 4, 16, 4
         comps = tiny_components()
     else:
-        n_naive, n_fast, draws = (1, 4, 4) if device == "cpu" else (4, 256, 8)
-        batch = 2 if device == "cpu" else 32
-        unet_batch = 2 * draws * batch if device == "cpu" else 128
+        n_naive, n_fast, batch = (1, 4, 2) if device == "cpu" else (4, 256, 16)
         comps = sd15_components()
+    unet_batch = 2 * draws * batch if device == "cpu" else 128
+    fast_dtype, channels_last = preset(name, device, args)
     if args.quick:
         n_naive, n_fast = 1, batch
     print(f"[{name}] building models ...", flush=True)
@@ -185,11 +199,11 @@ def run_model(name: str, device: str, fast_dtype: torch.dtype, args) -> dict:
         k: (v if k in ("tokenizer", "scheduler") else _clone(v)) for k, v in comps.items()
     }
     fast_be = DiffusionBackend.from_components(
-        fast_comps, name, fast_dtype, channels_last=args.channels_last
+        fast_comps, name, fast_dtype, channels_last=channels_last
     ).to(device)
     src = make_source(max(n_fast, n_naive) + batch, size, classes)
     ds = ResizedImages(src, size, fast_be.vae_factor)
-    cfg = scoring_cfg(draws, unet_batch)
+    cfg = scoring_cfg(draws, unet_batch, batch)
     naive_mod = ScoringModule(naive_be, classes, cfg, size)
     fast_mod = ScoringModule(fast_be, classes, cfg, size).to(device)
     fast_mod.on_predict_start()
@@ -263,7 +277,7 @@ def run_model(name: str, device: str, fast_dtype: torch.dtype, args) -> dict:
         "batch_size": batch,
         "unet_batch": unet_batch,
         "fast_dtype": str(fast_dtype).replace("torch.", ""),
-        "channels_last": args.channels_last,
+        "channels_last": channels_last,
         "naive": {
             "images": n_naive,
             "seconds": t_naive,
@@ -284,16 +298,9 @@ def run_model(name: str, device: str, fast_dtype: torch.dtype, args) -> dict:
         "vae_flops_per_image": vae_flops,
         "unet_achieved_flops_per_s": achieved,
         "agreement": {"max_abs_diff": diff, "max_abs_map": scale, "correlation": corr},
-        "projection_imagenet1k_300_per_class_hours": IMAGENET1K_IMAGES
-        / fast_ips
-        / 3600
-        * draws_scale(draws),
+        # 300 images per class (paper Fig. 6), the default 8 draws, this device alone.
+        "projection_imagenet1k_300_per_class_hours": IMAGENET1K_IMAGES / fast_ips / 3600,
     }
-
-
-def draws_scale(draws: int) -> float:
-    """Projections are for the default 8 draws; a bench run with fewer is scaled up."""
-    return 8 / draws
 
 
 def _clone(module):
@@ -319,22 +326,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--models", default="tiny,sd15")
-    ap.add_argument("--dtype", default="auto", help="fast path dtype: auto, fp32, bf16, fp16")
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        help="fast path dtype (auto, fp32, bf16, fp16); default: each model's preset",
+    )
+    ap.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     ap.add_argument("--quick", action="store_true", help="one batch each (a smoke run)")
     ap.add_argument("--out", default=str(ROOT / "results" / "score_bench.json"))
     args = ap.parse_args()
     torch.manual_seed(0)
     device = args.device
-    if args.dtype == "auto":
-        native = device == "cuda" or cpu_has_native_bf16()
-        fast_dtype = torch.bfloat16 if native else torch.float32
-    else:
-        fast_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
-            args.dtype
-        ]
-    peak = matmul_peak(fast_dtype, device)
-    peak32 = peak if fast_dtype == torch.float32 else matmul_peak(torch.float32, device)
+    peaks: dict[str, dict] = {}
+
+    def peak_for(dtype: torch.dtype) -> dict:
+        key = str(dtype).replace("torch.", "")
+        if key not in peaks:
+            peaks[key] = matmul_peak(dtype, device)
+        return peaks[key]
+
     result = {
         "device": device_name(device),
         "device_type": device,
@@ -342,11 +353,15 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "matmul_peak": {"fast_dtype": peak, "fp32": peak32},
+        "matmul_peak": peaks,
         "models": {},
     }
+    peak_for(torch.float32)
     for name in args.models.split(","):
-        r = run_model(name, device, fast_dtype, args)
+        fast_dtype, _ = preset(name, device, args)
+        peak = peak_for(fast_dtype)
+        r = run_model(name, device, args)
+        r["matmul_peak_flops_per_s"] = peak["flops_per_s"]
         r["matmul_peak_fraction"] = r["unet_achieved_flops_per_s"] / peak["flops_per_s"]
         result["models"][name] = r
     main_model = "sd15" if "sd15" in result["models"] else next(iter(result["models"]))
@@ -360,19 +375,19 @@ def main() -> None:
         f"torch {result['torch']})"
     )
     print(
-        f"matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['dtype']}); "
-        f"fp32 {peak32['flops_per_s'] / 1e9:.1f} GFLOP/s"
+        "matmul peak: "
+        + ", ".join(f"{k} {v['flops_per_s'] / 1e9:.1f} GFLOP/s" for k, v in peaks.items())
     )
     hdr = (
         f"{'model':6} {'naive img/s':>12} {'fast img/s':>11} {'speedup':>8} {'naive peak':>11} "
-        f"{'fast peak':>10} {'U-Net GFLOP/s':>14} {'of peak':>8} {'max|diff|/max|map|':>19}"
+        f"{'fast peak':>10} {'dtype':>9} {'U-Net GFLOP/s':>14} {'of peak':>8} {'max|diff|/max|map|':>19}"
     )
     print(hdr)
     for name, r in result["models"].items():
         print(
             f"{name:6} {r['naive']['images_per_s']:12.4f} {r['fast']['images_per_s']:11.4f} "
             f"{r['speedup_vs_naive']:7.2f}x {r['naive']['peak_memory_bytes'] / 2**30:9.2f}GB "
-            f"{r['fast']['peak_memory_bytes'] / 2**30:8.2f}GB "
+            f"{r['fast']['peak_memory_bytes'] / 2**30:8.2f}GB {r['fast_dtype']:>9} "
             f"{r['unet_achieved_flops_per_s'] / 1e9:14.1f} {r['matmul_peak_fraction']:7.1%} "
             f"{r['agreement']['max_abs_diff'] / max(r['agreement']['max_abs_map'], 1e-12):19.3g}"
         )

@@ -304,9 +304,15 @@ def test_smoke_on_two_cpu_ranks_under_two_minutes(pipeline_run, tmp_path):
 
 
 def test_wandb_offline_gets_images_and_table(tmp_path, monkeypatch):
+    import wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run(smoke(tmp_path, "logger=wandb", "ipc=[1]"))
+    wandb.teardown()  # W&B caches its settings per process; an earlier test may have set them
+    try:
+        run(smoke(tmp_path, "logger=wandb", "ipc=[1]"))
+    finally:
+        wandb.teardown()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "one W&B run per pipeline, shared by every stage"
     media = {

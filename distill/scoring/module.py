@@ -7,6 +7,8 @@ aspect buckets. Records reach disk through `distill.writer.ShardWriter`.
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
@@ -25,6 +27,8 @@ from distill.scoring.relevance import (
     relevance_maps,
     timestep_bounds,
 )
+
+log = logging.getLogger(__name__)
 
 
 def patch_geometry(scoring, vae_factor: int, short_edge: int) -> tuple[int | None, int | None]:
@@ -67,6 +71,19 @@ class ScoringModule(L.LightningModule):
         self.vae_batch = int(scoring.get("vae_batch", 8))
         self.fixed_shapes = bool(scoring.get("fixed_shapes", True))
         self.num_threads = scoring.get("num_threads")
+        batch = int(scoring.get("batch_size", self.vae_batch))
+        per_batch = 2 * self.num_draws * batch
+        if self.fixed_shapes and (self.vae_batch > batch or per_batch % self.unet_batch):
+            log.warning(
+                "scoring.fixed_shapes pads every VAE call to vae_batch=%d images and every U-Net call "
+                "to unet_batch=%d samples; with batch_size=%d (%d U-Net samples per batch) part of "
+                "each call is padding. Use vae_batch <= batch_size and a unet_batch dividing %d.",
+                self.vae_batch,
+                self.unet_batch,
+                batch,
+                per_batch,
+                per_batch,
+            )
         self.t_lo, self.t_hi = timestep_bounds(scoring.t_range, backend.num_train_timesteps)
         self.f = backend.vae_factor
         self.kernel, self.stride = patch_geometry(scoring, self.f, short_edge)
