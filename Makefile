@@ -8,7 +8,7 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 PYTEST := $(TEST_ENV) $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench clean
+.PHONY: help install demo test test-all lint format bench bench-quality clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project (editable, with dev extras)
 
-demo: $(STAMP) ## Run the pipeline on its embedded default (no files or network needed)
-	$(PY) -m distill experiment=smoke
+demo: $(STAMP) ## The whole method on the embedded default: distil Fashion-MNIST scenes, train students, print the table
+	$(PY) -m distill.demo
 
 test: $(STAMP) ## Fast test suite (slow tests excluded; under 10 minutes on 2 cores)
 	$(PYTEST) -m "not slow" -q; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
@@ -42,6 +42,9 @@ format: $(STAMP) ## Format and auto-fix with ruff
 bench: $(STAMP) ## Speed benchmarks (fast path vs naive reference; writes results/*.json)
 	$(PY) benchmarks/score_bench.py
 	@if [ -f benchmarks/student_bench.py ]; then $(PY) benchmarks/student_bench.py; fi
+
+bench-quality: $(STAMP) ## Small-scale reproduction on Fashion-MNIST (about 2 h on 2 cores; writes results/fashion.md)
+	$(PY) benchmarks/fashion_quality.py
 
 clean: ## Remove build artefacts and caches (keeps .venv and outputs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

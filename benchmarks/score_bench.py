@@ -3,8 +3,9 @@
     python benchmarks/score_bench.py                 # CPU: tiny model and full-size SD1.5
     python benchmarks/score_bench.py --device cuda   # the same on a GPU (+ ImageNet-1K projection)
 
-Both paths compute the same relevance maps for the same images, timesteps and noise (the
-script checks that they agree). The naive reference does what a first implementation would:
+Both paths compute the same relevance maps for the same images, timesteps and noise; the
+script reports how closely they agree (max difference and correlation: the fast path may run
+in bf16). The naive reference does what a first implementation would:
 per image, per timestep, per prompt, batch 1, fp32, the prompt re-encoded on every call. The
 fast path is `ScoringModule.predict_step` as the pipeline runs it (batched draws and prompts,
 cached prompt embeddings, the configured dtype and memory layout). The full-size model is
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import threading
 import time
@@ -38,6 +38,7 @@ from distill.diffusion import DiffusionBackend  # noqa: E402
 from distill.diffusion.architectures import sd15_components, tiny_components  # noqa: E402
 from distill.diffusion.backend import resolve_dtype  # noqa: E402
 from distill.io import atomic_write_json  # noqa: E402
+from distill.runtime import machine_name  # noqa: E402
 from distill.scoring.module import ScoringModule  # noqa: E402
 
 IMAGENET1K_IMAGES = 1000 * 300  # the paper's Fig. 6 setting: 300 images per class
@@ -309,19 +310,6 @@ def _clone(module):
     return copy.deepcopy(module) if module is not None else None
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical cores)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -347,7 +335,7 @@ def main() -> None:
         return peaks[key]
 
     result = {
-        "device": device_name(device),
+        "device": machine_name(),
         "device_type": device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -6,3 +6,12 @@ features and assembles a tiny distilled dataset. `python -m distill` runs the pi
 """
 
 __version__ = "0.1.0"
+
+from pathlib import Path as _Path
+
+from omegaconf import OmegaConf as _OmegaConf
+
+# The repository root, for configs that point at files shipped with the checkout (the
+# committed Fashion-MNIST diffusion model): ${repo:}/models/fashion-ldm.
+REPO_ROOT = _Path(__file__).resolve().parents[1]
+_OmegaConf.register_new_resolver("repo", lambda: str(REPO_ROOT), replace=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from distill.data.images import UnreadableImage
+from distill.errors import DataError
 from distill.io import atomic_path, write_csv_rows
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,10 @@ def load_crops(source, refs: list[PatchRef], size: int, workers: int = 8) -> lis
         try:
             im = source.load(item)
         except UnreadableImage as e:
-            raise UnreadableImage(f"{source.items[item].source}: {e}") from e
+            raise DataError(
+                f"cannot read {source.items[item].path or source.items[item].source} for a "
+                f"distilled patch: {e} (the file changed after scoring?)"
+            ) from e
         for i in by_item[item]:
             out[i] = crop_patch(im, refs[i].box, size)
 
@@ -94,7 +98,7 @@ def write_distilled_set(
     refs_by_class: dict[int, list[PatchRef]],
     source,
     ipc: int,
-    per_image: int,
+    tiles: int,
     image_size: int,
     image_format: str = "png",
 ) -> dict:
@@ -104,10 +108,10 @@ def write_distilled_set(
         classes: the distilled set's classes in label order: dicts with ``index`` (label in
             this set), ``key`` (folder name), ``name`` and ``source_index`` (label in the bank).
         refs_by_class: per label, the picked patches in rank order.
-        per_image: patches per image (4 for 2x2 tiles, 1 for single patches).
+        tiles: patches per side of an image: 2 for 2x2 tilings, 1 for single patches.
     """
-    tiles = int(round(per_image**0.5))
-    tile_size = image_size // tiles if per_image > 1 else image_size
+    per_image = tiles * tiles
+    tile_size = image_size // tiles
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     rows: list[list] = []

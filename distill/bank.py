@@ -4,13 +4,17 @@ One scoring pass writes the bank; every IPC and every class subset is then mater
 it without the model (the method's selling point). Layout::
 
     bank/
-      meta.json            per stage: config hash, the config that produced it, completeness
+      meta.json            per stage: config hash, the config that produced it, completeness;
+                           the classes, the dataset config, the assembly settings
       classes.csv          the class order (index, key, name)
-      shards/score-000000.jsonl ...   one JSON record per image, written atomically per shard
+      skipped.csv          every file or class left out, with the reason
+      shards/score-000000.jsonl, features-000000.npz ...   per-rank shards, written atomically
       scores.jsonl         the merged Stage I records, one per source image, by item index
+      features.npy         DIFT features of every patch (float16); feature_owners.npy: (record, k)
+      clusters.json        per class: k-means assignments, distances, clusters by median relevance
 
-A stage's hash covers what changes its numbers (model, data, scoring settings), not batch
-size or device count. A bank made under another config is never silently reused.
+A stage's hash covers what changes its numbers (model weights, data, stage settings), not
+batch size or device count. A bank made under another config is never silently reused.
 """
 
 from __future__ import annotations
@@ -81,8 +85,8 @@ def prepare_stage(
 
     Returns the stage's meta entry. A different hash raises `BankMismatchError` listing the
     differences, or with ``on_mismatch=rebuild`` recomputes: for ``score`` the old bank moves
-    to ``<bank_dir>.stale-<old hash>`` (nothing is deleted); a derived stage (features,
-    cluster) is dropped with the stages that depend on it.
+    to ``<bank_dir>.stale-<old hash>`` (replacing an older copy of that same hash); a derived
+    stage (features, cluster) is dropped with the stages that depend on it.
 
     Args:
         write: False on ranks other than 0: they only verify.
@@ -252,9 +256,16 @@ class Bank:
         return self.meta["stages"]["score"]["spec"]
 
     def by_class(self) -> dict[int, list[dict]]:
-        out: dict[int, list[dict]] = {c["index"]: [] for c in self.classes}
-        for r in self.records:
-            out[r["label"]].append(r)
+        return {
+            label: [self.records[i] for i in pos]
+            for label, pos in self.positions_by_class().items()
+        }
+
+    def positions_by_class(self) -> dict[int, list[int]]:
+        """Per label, the positions of its records in ``records`` (one pass over the bank)."""
+        out: dict[int, list[int]] = {c["index"]: [] for c in self.classes}
+        for i, r in enumerate(self.records):
+            out[r["label"]].append(i)
         return out
 
 

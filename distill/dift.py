@@ -10,7 +10,6 @@ sharding, resume and determinism guarantees as scoring.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import lightning as L
@@ -31,17 +30,13 @@ from distill.data import build_source
 from distill.data.images import UnreadableImage, resize_rgb
 from distill.errors import ConfigError, DataError
 from distill.runtime import (
-    ImageRateBar,
-    barrier,
-    build_trainer,
-    global_rank,
-    is_launch_rank_zero,
+    predict_then_merge,
+    prepare_on_zero_first,
     quiet_third_party,
     set_cpu_threads,
 )
 from distill.scoring.plan import PlanSampler, Shard, assign, make_shards, pending
 from distill.scoring.relevance import encode_fixed, fixed_chunks, stable_seed
-from distill.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +82,7 @@ def collate_crops(batch: list[dict]) -> dict:
     return {
         "crops": torch.cat([b["crops"] for b in ok])
         if ok
-        else torch.empty(0, 3, 0, 0, torch.uint8),
+        else torch.empty(0, 3, 0, 0, dtype=torch.uint8),
         "owner": [
             (b["index"], k, b["source"], b["label"]) for b in ok for k in range(len(b["crops"]))
         ],
@@ -124,6 +119,8 @@ class DiftModule(L.LightningModule):
         self.ensemble = max(1, int(features.ensemble))
         self.seed = int(features.seed)
         self.pool = str(features.get("pool", "mean"))
+        if self.pool not in ("mean", "max"):
+            raise ConfigError(f"features.pool={self.pool!r} must be 'mean' or 'max'")
         self.unet_batch = int(features.get("unet_batch", 32))
         self.vae_batch = int(features.get("vae_batch", 8))
         self.num_threads = features.get("num_threads")
@@ -252,12 +249,12 @@ def run_features(cfg: DictConfig) -> None:
     from distill.scoring.stage import load_backend
 
     bank_dir = Path(cfg.paths.bank_dir)
-    zero = is_launch_rank_zero()
     bank = load_bank(bank_dir)
     backend = load_backend(cfg)
     spec = features_spec(cfg, bank, backend)
-    entry = prepare_stage(
-        bank_dir, "features", spec, str(cfg.features.get("on_mismatch", "error")), write=zero
+    mismatch = str(cfg.features.get("on_mismatch", "error"))
+    entry = prepare_on_zero_first(
+        lambda write: prepare_stage(bank_dir, "features", spec, mismatch, write=write)
     )
     shards = make_shards([(1, 1)] * len(bank.records), spec["shard_size"])
     if entry.get("complete") and (bank_dir / "features.npy").is_file():
@@ -280,27 +277,21 @@ def run_features(cfg: DictConfig) -> None:
         if "data_cfg" in bank.meta
         else build_source(cfg.data)
     )
-    trainer = None
-    if todo:
+
+    def inputs():
         module = DiftModule(backend, [_Cls(c) for c in bank.classes], cfg.features)
+        crops = PatchCrops(source, bank.records, spec["size"])
         data = CropData(
-            PatchCrops(source, bank.records, spec["size"]),
-            todo,
-            int(cfg.features.batch_size),
-            int(cfg.features.get("num_workers", 0)),
+            crops, todo, int(cfg.features.batch_size), int(cfg.features.get("num_workers", 0))
         )
-        writer = ShardWriter(bank_dir, "features", todo)
-        callbacks = [writer] + (
-            [ImageRateBar()] if cfg.trainer.get("enable_progress_bar", True) else []
-        )
-        trainer = build_trainer(cfg, callbacks, None, use_distributed_sampler=False)
-        t0 = time.perf_counter()
-        trainer.predict(module, datamodule=data, return_predictions=False)
-        log.info("features: %.2f images/s", n_todo / max(time.perf_counter() - t0, 1e-9))
-    barrier()
-    if trainer.is_global_zero if trainer is not None else global_rank() == 0:
+        return module, data
+
+    def merge(stats):
+        if stats:
+            log.info("features: %.2f images/s", stats["images"] / max(stats["seconds"], 1e-9))
         _merge_features(bank_dir, bank, shards)
-    barrier()
+
+    predict_then_merge(cfg, "features", bank_dir, todo, n_todo, inputs, merge)
 
 
 class _Cls:
@@ -318,6 +309,8 @@ def _merge_features(bank_dir: Path, bank, shards: list[Shard]) -> None:
     for r in recs:
         if "error" in r:
             log.warning("no features for %s: %s", bank.records[r["index"]]["source"], r["error"])
+    if not ok:
+        raise DataError(f"no patch in {bank_dir} yielded DIFT features; see the warnings above")
     feats = np.stack([r["feature"] for r in ok]).astype(np.float16)
     owners = np.array([[r["index"], r["k"]] for r in ok], dtype=np.int64)
     for name, arr in (("features.npy", feats), ("feature_owners.npy", owners)):

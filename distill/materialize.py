@@ -96,10 +96,9 @@ def diffusion_refs(
     """Per distilled label, the picked patches (as `PatchRef`) in rank order."""
     index_of = {it.source: i for i, it in enumerate(source.items)}
     need = patches_needed(ipc, concat_max_ipc, tiles)
-    by_class = bank.by_class()
+    positions = bank.positions_by_class()
     out: dict[int, list[PatchRef]] = {}
     for c in classes:
-        records = by_class.get(c["source_index"], [])
         if use_clusters:
             cl = clusters["classes"][str(c["source_index"])]
             patches = []
@@ -114,11 +113,10 @@ def diffusion_refs(
             where = {int(row): tuple(owners[row]) for row in cl["patches"]}
         else:
             patches, where = [], {}
-            pos = {id(r): i for i, r in enumerate(bank.records)}
-            for r in records:
-                for k, s in enumerate(r["scores"]):
+            for ri in positions.get(c["source_index"], []):
+                for k, s in enumerate(bank.records[ri]["scores"]):
                     pid = len(where)
-                    where[pid] = (pos[id(r)], k)
+                    where[pid] = (ri, k)
                     patches.append(Patch(pid, float(s)))
             picks = select_by_relevance(patches, ipc, concat_max_ipc, tiles)
         reused = sum(pk.note == "reused" for pk in picks)
@@ -215,11 +213,14 @@ def materialize(
     short_edge: int | None = None,
     figures: bool = True,
     image_format: str = "png",
+    teacher_checkpoint: str | None = None,
+    crops_per_image: int = 5,
 ) -> dict:
     """Write ``distilled/ipc{K}`` for every K in ``ipcs``; returns a summary per IPC.
 
-    With ``selector=diffusion`` everything comes from the bank; ``selector=random`` needs only
-    the source images (``data_cfg``, or the bank's record of them).
+    With ``selector=diffusion`` everything comes from the bank; ``selector=random`` and
+    ``selector=teacher`` (RDED-style classifier confidence) need only the source images
+    (``data_cfg``, or the bank's record of them).
     """
     bank = clusters = owners = None
     default_out = None
@@ -250,14 +251,23 @@ def materialize(
     size = int(image_size) if image_size else int(patch if patch is not None else short_edge)
     if selector == "diffusion" and use_clusters:
         cpath = bank.path / "clusters.json"
-        if not cpath.is_file():
+        entry = bank.meta.get("stages", {}).get("cluster", {})
+        if not cpath.is_file() or not entry.get("complete"):
             raise DataError(
-                f"{cpath} not found: run the features and cluster stages, or pass cluster=none"
+                f"{bank.path} holds no complete clustering: run the features and cluster stages, "
+                "or pass cluster=none"
             )
         import numpy as np
 
         clusters = json.loads(cpath.read_text())
+        if clusters.get("hash") != entry.get("hash"):
+            raise DataError(
+                f"{cpath} is stale (made under another features or cluster config): re-run the "
+                "cluster stage, or pass cluster=none"
+            )
         owners = np.load(bank.path / "feature_owners.npy")
+    # A run's figures sit beside its distilled/ folder; any other out_dir keeps its own.
+    fig_root = out_root.parent / "figures" if out_root.name == "distilled" else out_root / "figures"
     summary = {}
     for ipc in [int(k) for k in ipcs]:
         if ipc < 1:
@@ -276,16 +286,33 @@ def materialize(
                 clusters,
                 owners,
             )
+        elif selector == "teacher":
+            from distill.teacher_selector import teacher_refs
+
+            refs = teacher_refs(
+                source,
+                chosen,
+                ipc,
+                concat_max_ipc,
+                tiles,
+                patch or short_edge,
+                short_edge,
+                teacher_checkpoint,
+                crops_per_image,
+                seed,
+            )
         elif selector == "random":
             refs = random_refs(
                 source, chosen, ipc, concat_max_ipc, tiles, patch, short_edge, selector_mode, seed
             )
         else:
-            raise ConfigError(f"selector.kind={selector!r} must be 'diffusion' or 'random'")
+            raise ConfigError(
+                f"selector.kind={selector!r} must be 'diffusion', 'random' or 'teacher'"
+            )
         per_image = patches_per_image(ipc, concat_max_ipc, tiles)
         set_dir = out_root / f"ipc{ipc}"
         info = write_distilled_set(
-            set_dir, chosen, refs, source, ipc, per_image, size, image_format
+            set_dir, chosen, refs, source, ipc, 1 if per_image == 1 else tiles, size, image_format
         )
         log.info(
             "distilled IPC %d: %d images of %d classes -> %s",
@@ -295,10 +322,7 @@ def materialize(
             set_dir,
         )
         if figures:
-            info["figures"] = [
-                str(p)
-                for p in class_grids(set_dir, chosen, out_root.parent / "figures" / f"ipc{ipc}")
-            ]
+            info["figures"] = [str(p) for p in class_grids(set_dir, chosen, fig_root / f"ipc{ipc}")]
         summary[ipc] = info
     if figures and clusters is not None:
         summary["cluster_sheets"] = [
@@ -310,7 +334,7 @@ def materialize(
                 clusters,
                 owners,
                 top_clusters,
-                out_root.parent / "figures" / "clusters",
+                fig_root / "clusters",
             )
         ]
     return summary
@@ -423,10 +447,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def run_assemble(cfg) -> None:
     """The pipeline's ``assemble`` stage: every IPC of ``cfg.ipc`` into ``<run>/distilled``."""
     from distill.runtime import get_loggers, is_launch_rank_zero
@@ -447,7 +467,9 @@ def run_assemble(cfg) -> None:
         from distill.bank import read_meta, write_meta
 
         meta = read_meta(cfg.paths.bank_dir)
-        meta["assemble"] = {k: common[k] for k in ("concat_max_ipc", "tiles", "image_size")}
+        meta["assemble"] = {
+            k: common[k] for k in ("top_clusters", "concat_max_ipc", "tiles", "image_size")
+        }
         write_meta(cfg.paths.bank_dir, meta)
         summary = materialize(
             cfg.paths.bank_dir,
@@ -466,6 +488,8 @@ def run_assemble(cfg) -> None:
             None,
             selector,
             selector_mode=str(cfg.selector.get("mode", "crop")),
+            teacher_checkpoint=cfg.selector.get("checkpoint"),
+            crops_per_image=int(cfg.selector.get("crops_per_image", 5)),
             seed=int(cfg.selector.seed),
             data_cfg=cfg.data,
             patch=cfg.scoring.get("patch"),
@@ -482,3 +506,7 @@ def run_assemble(cfg) -> None:
                     lg.log_image(key=f"distilled/ipc{ipc}", images=info["figures"][:1])
             if summary.get("cluster_sheets"):
                 lg.log_image(key="clusters", images=summary["cluster_sheets"][:8])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,22 +29,57 @@ def quiet_third_party() -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
+def machine_name() -> str:
+    """The CPU model (and core count) or the GPU name, for reports."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical cores)"
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"
+
+
 def launch_rank() -> int:
-    """This process's global rank as the launcher set it (0 before any DDP launch).
+    """This process's global rank as its launcher set it (0 before any DDP launch).
 
     Read from the environment because it is needed before a Trainer exists (to decide who
-    writes the bank's meta): ``RANK`` (torchrun, SLURM wrappers) or ``NODE_RANK`` and
-    ``LOCAL_RANK`` (Lightning's own launcher).
+    writes the bank's meta): ``RANK`` (torchrun), ``SLURM_PROCID`` (``srun`` with several
+    tasks, as Lightning's SLURM environment reads it), ``OMPI_COMM_WORLD_RANK`` (mpirun), or
+    Lightning's own launcher's ``NODE_RANK`` and ``LOCAL_RANK``.
     """
     if "RANK" in os.environ:
         return int(os.environ["RANK"])
+    if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ["SLURM_PROCID"])
+    if "OMPI_COMM_WORLD_RANK" in os.environ:
+        return int(os.environ["OMPI_COMM_WORLD_RANK"])
     node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
     local = int(os.environ.get("LOCAL_RANK", 0))
-    return local if node == 0 else node * 1_000 + local  # nonzero off node 0
+    # Off node 0 the exact number does not matter, only that it is not 0.
+    return local if node == 0 else node * 1_000_000 + local + 1
 
 
 def is_launch_rank_zero() -> bool:
     return launch_rank() == 0
+
+
+def prepare_on_zero_first(prepare):
+    """``prepare(write)`` on rank 0 first, then on the others, who only verify.
+
+    Rank 0 may rewrite the bank's meta or drop a stale stage; if other ranks already exist
+    (their process group started in an earlier stage) they wait for it, so none reads a meta
+    or a shard list that rank 0 is about to change.
+    """
+    zero = is_launch_rank_zero()
+    result = prepare(True) if zero else None
+    barrier()
+    return result if zero else prepare(False)
 
 
 def barrier() -> None:
@@ -143,3 +178,39 @@ class ImageRateBar(TQDMProgressBar):
         dt = time.perf_counter() - self._t0
         if self.predict_progress_bar is not None and dt > 0:
             self.predict_progress_bar.set_postfix(img_s=f"{self._n / dt:.2f}", refresh=False)
+
+
+def predict_then_merge(
+    cfg: DictConfig,
+    stage: str,
+    bank_dir,
+    todo: list,
+    n_items: int,
+    make_inputs,
+    merge,
+    loggers: list | None = None,
+) -> dict | None:
+    """Run a sharded predict stage on every rank, then ``merge()`` once on rank 0.
+
+    ``make_inputs()`` returns ``(module, datamodule)`` and is only called when shards are left.
+    Each rank writes its own shards (`distill.writer.ShardWriter`); the barriers make sure
+    every shard is on disk before rank 0 merges, and the merged result is on disk before any
+    rank goes on to a later stage. Returns the throughput stats of this call (or None).
+    """
+    from distill.writer import ShardWriter
+
+    trainer, stats = None, None
+    if todo:
+        module, data = make_inputs()
+        callbacks = [ShardWriter(bank_dir, stage, todo)]
+        if cfg.trainer.get("enable_progress_bar", True):
+            callbacks.append(ImageRateBar())
+        trainer = build_trainer(cfg, callbacks, loggers, use_distributed_sampler=False)
+        t0 = time.perf_counter()
+        trainer.predict(module, datamodule=data, return_predictions=False)
+        stats = {"images": n_items, "seconds": time.perf_counter() - t0}
+    barrier()
+    if trainer.is_global_zero if trainer is not None else global_rank() == 0:
+        merge(stats)
+    barrier()
+    return stats

@@ -16,6 +16,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import distill  # noqa: E402, F401  (registers the ${repo:} config resolver)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")

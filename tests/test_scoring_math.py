@@ -138,7 +138,7 @@ def test_timestep_bounds(rng, expect):
 
 
 def test_timestep_bounds_reject_bad_range():
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="scoring.t_range"):
         timestep_bounds((0.7, 0.1), 1000)
 
 

@@ -327,3 +327,48 @@ def test_wandb_offline_gets_images_and_table(tmp_path, monkeypatch):
         "images/clusters",
     } <= media, media
     assert (tmp_path / "csv" / "metrics.csv").is_file()  # the CSV logger runs alongside
+
+
+def test_features_resume_after_a_kill(pipeline_run, tmp_path, monkeypatch):
+    """Kill the DIFT stage after one shard; the re-run computes only the rest and ends with
+    the features of an uninterrupted run."""
+    import shutil
+
+    from distill.writer import ShardWriter
+
+    out, _ = pipeline_run
+    shutil.copytree(
+        out / "bank", tmp_path / "bank", ignore=shutil.ignore_patterns("features*", "clusters*")
+    )
+    meta = json.loads((tmp_path / "bank" / "meta.json").read_text())
+    for stage in ("features", "cluster"):
+        meta["stages"].pop(stage, None)
+    (tmp_path / "bank" / "meta.json").write_text(json.dumps(meta))
+    for p in (tmp_path / "bank" / "shards").glob("features-*"):
+        p.unlink()
+
+    class Killed(Exception):
+        pass
+
+    original = ShardWriter.write_on_batch_end
+
+    def dying(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if self.written:
+            raise Killed
+
+    cfg = smoke(tmp_path, "ipc=[1,10,20]", "stages=[features]")
+    monkeypatch.setattr(ShardWriter, "write_on_batch_end", dying)
+    with pytest.raises(Killed):
+        run(cfg)
+    done = sorted((tmp_path / "bank" / "shards").glob("features-*.npz"))
+    assert len(done) == 1 and not (tmp_path / "bank" / "features.npy").exists()
+    monkeypatch.setattr(ShardWriter, "write_on_batch_end", original)
+    run(cfg)
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "bank" / "features.npy"), np.load(out / "bank" / "features.npy")
+    )
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "bank" / "feature_owners.npy"),
+        np.load(out / "bank" / "feature_owners.npy"),
+    )

@@ -79,9 +79,11 @@ def read_names_file(path: str | Path) -> dict[str, str] | list[str]:
     to a human name), or one name per line (names in class-index order). Blank lines and
     lines starting with ``#`` are ignored.
     """
+    from distill.errors import DataError
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"class names file not found: {path} (data.class_names_file)")
+        raise DataError(f"class names file not found: {path} (data.class_names_file)")
     lines = [
         ln.rstrip("\n")
         for ln in path.read_text(encoding="utf-8").splitlines()

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 from distill.data.classes import (
     ClassInfo,
     humanize,
+    imagenet_by_wnid,
     imagenet_classes,
     imagenet_name,
     read_names_file,
@@ -270,9 +271,16 @@ def folder_source(cfg, split: str | None, *, imagenet: bool) -> Source:
     if imagenet:
         style = cfg.get("class_name_style", "name")
         default = lambda k: imagenet_name(k, style)
+        named = cfg.get("class_names") is not None or cfg.get("class_names_file")
         bad = [k for k in keys if not k.startswith("n") or len(k) != 9]
-        if bad and cfg.get("class_names") is None and not cfg.get("class_names_file"):
+        if bad and not named:
             raise ConfigError(f"data.classes holds entries that are not WordNet IDs: {bad[:5]}")
+        unknown = [k for k in keys if k not in imagenet_by_wnid()]
+        if unknown and not named:
+            raise ConfigError(
+                f"data.classes holds WordNet IDs that are not ImageNet-1K classes: {unknown[:5]}; "
+                "fix the typo, or give names with data.class_names / data.class_names_file"
+            )
     else:
         default = humanize
     names = _resolve_names(keys, cfg.get("class_names"), cfg.get("class_names_file"), default)
@@ -461,8 +469,8 @@ def read_idx(path: Path) -> np.ndarray:
     return arr.reshape(dims)
 
 
-def fashion_mnist_source(cfg, split: str) -> Source:
-    """Fashion-MNIST from its IDX files (Debian's ``dataset-fashion-mnist`` or torchvision's)."""
+def fashion_arrays(cfg, split: str) -> tuple[np.ndarray, np.ndarray, Path]:
+    """Fashion-MNIST images (N, 28, 28) and labels of ``split`` from their IDX files."""
     hint = (
         "Pass data.root=DIR holding train-images-idx3-ubyte[.gz] etc. On Debian: "
         "apt install dataset-fashion-mnist (files in /usr/share/datasets/fashion-mnist)."
@@ -484,16 +492,14 @@ def fashion_mnist_source(cfg, split: str) -> Source:
     labels = read_idx(find(f"{prefix}-labels-idx1-ubyte"))
     if len(images) != len(labels):
         raise DataError(f"{root}: {len(images)} {split} images but {len(labels)} labels")
+    return np.ascontiguousarray(images), labels, root
+
+
+def fashion_mnist_source(cfg, split: str) -> Source:
+    """Fashion-MNIST from its IDX files (Debian's ``dataset-fashion-mnist`` or torchvision's)."""
+    images, labels, root = fashion_arrays(cfg, split)
     keys = [k for k, _ in FASHION_CLASSES]
-    return _array_source(
-        cfg,
-        split,
-        keys,
-        [n for _, n in FASHION_CLASSES],
-        np.ascontiguousarray(images),
-        labels,
-        root,
-    )
+    return _array_source(cfg, split, keys, [n for _, n in FASHION_CLASSES], images, labels, root)
 
 
 # Shapes and colours of the synthetic classes: distinct enough for a tiny model to tell apart.
@@ -592,8 +598,15 @@ _KINDS: dict[str, Callable[..., Source]] = {
     "cifar10": lambda cfg, split: cifar_source(cfg, split, hundred=False),
     "cifar100": lambda cfg, split: cifar_source(cfg, split, hundred=True),
     "fashion_mnist": fashion_mnist_source,
+    "fashion_scenes": lambda cfg, split: _scenes(cfg, split),
     "synthetic": synthetic_source,
 }
+
+
+def _scenes(cfg, split):
+    from distill.data.scenes import fashion_scenes_source
+
+    return fashion_scenes_source(cfg, split)
 
 
 def build_source(cfg, split: str | None = None) -> Source:

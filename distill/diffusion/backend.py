@@ -7,6 +7,7 @@ embeddings, the DDPM forward process at integer timesteps, and the U-Net's noise
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -87,6 +88,7 @@ class DiffusionBackend(nn.Module):
         ac = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64)
         self.register_buffer("alphas_cumprod", ac, persistent=False)
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._weights_digest: str | None = None
 
     # ------------------------------------------------------------------ model facts
     @property
@@ -114,10 +116,27 @@ class DiffusionBackend(nn.Module):
     def device(self) -> torch.device:
         return self.alphas_cumprod.device
 
+    def weights_digest(self) -> str:
+        """A digest of the VAE, U-Net and text-encoder weights (a strided sample of every
+        tensor): retrained weights at the same path are a different model."""
+        if self._weights_digest is None:
+            h = hashlib.sha256()
+            for module in (self.vae, self.unet, self.text_encoder):
+                if module is None:
+                    continue
+                for name, p in module.state_dict().items():
+                    flat = p.detach().reshape(-1)
+                    sample = flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy()
+                    h.update(name.encode())
+                    h.update(sample.tobytes())
+            self._weights_digest = h.hexdigest()
+        return self._weights_digest
+
     def fingerprint(self) -> dict:
         """What identifies this model in a bank's config hash."""
         return {
             "name": self.name,
+            "weights": self.weights_digest(),
             "unet_params": sum(p.numel() for p in self.unet.parameters()),
             "vae_factor": self.vae_factor,
             "scaling_factor": self.scaling_factor,

@@ -37,6 +37,11 @@ def patch_geometry(scoring, vae_factor: int, short_edge: int) -> tuple[int | Non
     Raises `ConfigError` when the patch or stride is not a multiple of the VAE factor, or the
     patch is larger than the resized short edge.
     """
+    if int(short_edge) % vae_factor:
+        raise ConfigError(
+            f"data.short_edge={short_edge} must be a multiple of the VAE factor {vae_factor} "
+            "(the latent grid must be whole)"
+        )
     patch = scoring.get("patch")
     if patch is None:
         return None, None

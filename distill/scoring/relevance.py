@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distill.errors import ConfigError
+
 
 def stable_seed(*parts) -> int:
     """A 63-bit seed from any parts (strings, ints), stable across processes and machines.
@@ -29,9 +31,11 @@ def stable_seed(*parts) -> int:
 
 def timestep_bounds(t_range, num_train_timesteps: int) -> tuple[int, int]:
     """Integer timestep bounds [lo, hi] for fractions ``t_range`` of the training steps."""
+    if len(t_range) != 2:
+        raise ConfigError(f"scoring.t_range={list(t_range)} must be [t_min, t_max]")
     t_min, t_max = float(t_range[0]), float(t_range[1])
     if not 0.0 <= t_min <= t_max <= 1.0:
-        raise ValueError(f"scoring.t_range={list(t_range)} must satisfy 0 <= t_min <= t_max <= 1")
+        raise ConfigError(f"scoring.t_range={list(t_range)} must satisfy 0 <= t_min <= t_max <= 1")
     lo = int(round(t_min * num_train_timesteps))
     hi = min(int(round(t_max * num_train_timesteps)), num_train_timesteps - 1)
     return min(lo, hi), hi

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +19,7 @@ from distill.bank import (
     mark_complete,
     merge_shards,
     prepare_stage,
+    read_jsonl,
     read_meta,
     shard_done,
     write_jsonl,
@@ -27,21 +27,19 @@ from distill.bank import (
 )
 from distill.data import ResizedImages, build_source, write_skipped_csv
 from distill.data.classes import write_classes_csv
-from distill.data.records import SkipRecord
+from distill.data.records import SkipRecord, read_skipped_csv
 from distill.diffusion import DiffusionBackend, resolve_dtype
+from distill.errors import DataError
 from distill.runtime import (
-    ImageRateBar,
-    barrier,
-    build_trainer,
     device_type,
     get_loggers,
-    global_rank,
     is_launch_rank_zero,
+    predict_then_merge,
+    prepare_on_zero_first,
     quiet_third_party,
 )
 from distill.scoring.module import ScoringData, ScoringModule, patch_geometry
 from distill.scoring.plan import make_shards, pending
-from distill.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +55,9 @@ SCORING_KEYS = (
     "topk",
     "shard_size",
 )
-DATA_KEYS = (
-    "name",
-    "kind",
-    "split",
-    "images_per_class",
-    "subsample_seed",
-    "short_edge",
-    "min_side",
-)
+# Data settings that do not change which pixels are scored (where the files live, the
+# evaluation split); every other data setting is part of the hash.
+DATA_IGNORED = ("root", "val_split")
 
 
 def items_digest(source) -> str:
@@ -82,7 +74,7 @@ def score_spec(cfg: DictConfig, source, backend) -> dict:
     data = OmegaConf.to_container(cfg.data, resolve=True)
     return {
         "scoring": {k: scoring.get(k) for k in SCORING_KEYS},
-        "data": {k: data.get(k) for k in DATA_KEYS},
+        "data": {k: v for k, v in sorted(data.items()) if k not in DATA_IGNORED},
         "classes": [[c.key, c.name] for c in source.classes],
         "items": {"count": len(source.items), "digest": items_digest(source)},
         "model": backend.fingerprint(),
@@ -124,19 +116,23 @@ def run_score(cfg: DictConfig) -> None:
     dataset = ResizedImages(source, int(cfg.data.short_edge), backend.vae_factor)
     sizes = [dataset.target_size(i) for i in range(len(dataset))]
     spec = score_spec(cfg, source, backend)
-    entry = prepare_stage(
-        bank_dir, "score", spec, str(cfg.scoring.get("on_mismatch", "error")), write=zero
-    )
     classes = [c.to_dict() for c in source.classes]
-    if zero:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_classes_csv(source.classes, out_dir / "classes.csv")
-        write_classes_csv(source.classes, bank_dir / "classes.csv")
-        meta = read_meta(bank_dir)
-        meta["classes"] = classes
-        meta["data_cfg"] = data_record(cfg)
-        write_meta(bank_dir, meta)
 
+    def prepare(write: bool) -> dict:
+        entry = prepare_stage(
+            bank_dir, "score", spec, str(cfg.scoring.get("on_mismatch", "error")), write=write
+        )
+        if write:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_classes_csv(source.classes, out_dir / "classes.csv")
+            write_classes_csv(source.classes, bank_dir / "classes.csv")
+            meta = read_meta(bank_dir)
+            meta["classes"] = classes
+            meta["data_cfg"] = data_record(cfg)
+            write_meta(bank_dir, meta)
+        return entry
+
+    entry = prepare_on_zero_first(prepare)
     shards = make_shards(sizes, int(cfg.scoring.shard_size))
     if entry.get("complete") and (bank_dir / "scores.jsonl").is_file():
         log.info(
@@ -145,7 +141,21 @@ def run_score(cfg: DictConfig) -> None:
             entry["hash"][:12],
         )
         if zero:
-            _finish(cfg, source, bank_dir, out_dir, shards, classes, loggers=None, stats=None)
+            skipped_csv = bank_dir / "skipped.csv"
+            skipped = (
+                read_skipped_csv(skipped_csv) if skipped_csv.is_file() else list(source.skipped)
+            )
+            _outputs(
+                cfg,
+                source,
+                read_jsonl(bank_dir / "scores.jsonl"),
+                skipped,
+                bank_dir,
+                out_dir,
+                classes,
+                get_loggers(cfg),
+                None,
+            )
         return
     todo = pending(shards, lambda s: shard_done(bank_dir, "score", s.id, len(s.items)))
     n_todo = sum(len(s.items) for s in todo)
@@ -157,8 +167,9 @@ def run_score(cfg: DictConfig) -> None:
         len(shards),
         config_hash(spec)[:12],
     )
-    loggers, stats, trainer = get_loggers(cfg) if zero else [], None, None
-    if todo:
+    loggers = get_loggers(cfg) if zero else []
+
+    def inputs():
         module = ScoringModule(backend, source.classes, cfg.scoring, int(cfg.data.short_edge))
         data = ScoringData(
             dataset,
@@ -167,31 +178,30 @@ def run_score(cfg: DictConfig) -> None:
             int(cfg.scoring.batch_size),
             int(cfg.scoring.get("num_workers", 0)),
         )
-        writer = ShardWriter(bank_dir, "score", todo)
-        callbacks = [writer] + (
-            [ImageRateBar()] if cfg.trainer.get("enable_progress_bar", True) else []
-        )
-        trainer = build_trainer(cfg, callbacks, loggers, use_distributed_sampler=False)
-        t0 = time.perf_counter()
-        trainer.predict(module, datamodule=data, return_predictions=False)
-        stats = {"images": n_todo, "seconds": time.perf_counter() - t0}
-    # Every rank's shards must be on disk before rank 0 merges; the bank must be merged before
-    # any rank goes on to a later stage.
-    barrier()
-    if trainer.is_global_zero if trainer is not None else global_rank() == 0:
-        _finish(cfg, source, bank_dir, out_dir, shards, classes, loggers, stats)
-    barrier()
+        return module, data
+
+    predict_then_merge(
+        cfg,
+        "score",
+        bank_dir,
+        todo,
+        n_todo,
+        inputs,
+        lambda stats: _finish(cfg, source, bank_dir, out_dir, shards, classes, loggers, stats),
+        loggers,
+    )
 
 
 def _finish(cfg, source, bank_dir: Path, out_dir: Path, shards, classes, loggers, stats) -> None:
-    """Rank 0: merge shards, record failures, write the figures, log the throughput."""
-    from distill.scoring import visualize
-
+    """Rank 0: merge shards into the bank, record failures, then write the run's outputs."""
     records = merge_shards(bank_dir, "score", [s.id for s in shards])
     ok = [r for r in records if "error" not in r]
     failed = [r for r in records if "error" in r]
     if len(records) != len(source.items):
-        raise RuntimeError(f"bank has {len(records)} records for {len(source.items)} images")
+        raise DataError(
+            f"the score shards in {bank_dir} hold {len(records)} records for "
+            f"{len(source.items)} images; move the bank aside and re-run"
+        )
     write_jsonl(bank_dir / "scores.jsonl", ok)
     by_source = {it.source: it for it in source.items}
     skipped = list(source.skipped) + [
@@ -200,15 +210,32 @@ def _finish(cfg, source, bank_dir: Path, out_dir: Path, shards, classes, loggers
     ]
     for r in failed:
         log.warning("skipped %s: %s", by_source[r["source"]].path or r["source"], r["error"])
-    write_skipped_csv(skipped, out_dir / "skipped.csv")
     write_skipped_csv(skipped, bank_dir / "skipped.csv")
     mark_complete(
         bank_dir, "score", num_images=len(ok), num_failed=len(failed), num_skipped=len(skipped)
     )
+    _outputs(cfg, source, ok, skipped, bank_dir, out_dir, classes, loggers, stats)
+
+
+def _outputs(
+    cfg,
+    source,
+    ok: list[dict],
+    skipped: list,
+    bank_dir: Path,
+    out_dir: Path,
+    classes,
+    loggers,
+    stats,
+) -> None:
+    """The run folder's view of the bank: skipped.csv, figures, per-class table, metrics."""
+    from distill.scoring import visualize
+
+    write_skipped_csv(skipped, out_dir / "skipped.csv")
     figures = {
         "histograms": visualize.score_histograms(ok, classes, out_dir / "score_histograms.png"),
         "best_patches": visualize.best_patch_grid(
-            ok, classes, source, int(cfg.data.short_edge), out_dir / "best_patches.png"
+            ok, classes, source, out_dir / "best_patches.png"
         ),
     }
     visualize.write_class_summary(ok, classes, out_dir / "class_scores.csv")
