@@ -205,15 +205,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         return sweep
 
+    student_args = [f"epochs={int(a.epochs)}", f"val.every_n_epochs={int(a.val_every)}"]
     sweeps = {}
     for name in [m for m in methods if m in sets]:
         # materialise writes <out>/ipc{K}; the pipeline writes <run>/distilled/ipc{K}.
         folder = sets[name] / "distilled" if name == "ours_no_cluster" else sets[name]
         step(
             f"evaluate:{name}",
-            lambda n=name, f=folder: sweeps.__setitem__(
-                n, evaluate(n, f, ipcs, [f"epochs={int(a.epochs)}"])
-            ),
+            lambda n=name, f=folder: sweeps.__setitem__(n, evaluate(n, f, ipcs, student_args)),
         )
     if "teacher_crop" in methods:  # needs the teacher the first evaluation trained and cached
         step(
@@ -234,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             "evaluate:teacher_crop",
             lambda: sweeps.__setitem__(
                 "teacher_crop",
-                evaluate("teacher_crop", sets["teacher_crop"], ipcs, [f"epochs={int(a.epochs)}"]),
+                evaluate("teacher_crop", sets["teacher_crop"], ipcs, student_args),
             ),
         )
     if "full" in methods:

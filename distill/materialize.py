@@ -1,7 +1,7 @@
 """Distilled sets for any IPC or class subset from an existing bank, without the diffusion model.
 
     python -m distill.materialize bank_dir=RUN_DIR ipc=[20]
-    python -m distill.materialize bank_dir=RUN_DIR ipc=[10,50] classes=[0,2] out_dir=/tmp/sub
+    python -m distill.materialize bank_dir=RUN_DIR ipc=[10,50] classes=[0,2] out_dir=outputs/subset
     python -m distill.materialize bank_dir=RUN_DIR ipc=[10] classes=[beagle,n02099601] cluster=none
 
 The bank's scores, features and clusters do not depend on IPC or on which classes are

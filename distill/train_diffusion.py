@@ -1,7 +1,7 @@
 """Train the project's own small text-to-image latent diffusion model on Fashion-MNIST.
 
     python -m distill.train_diffusion                       # the committed model: ~40 min, 2 CPU cores
-    python -m distill.train_diffusion out_dir=/tmp/m vae.steps=20 unet.steps=20   # a quick try
+    python -m distill.train_diffusion out_dir=outputs/ldm-try vae.steps=20 unet.steps=20   # a quick try
 
 Real SD v1.5 weights cannot reach every machine, so the project ships a small but real
 model in the Stable Diffusion layout (``AutoencoderKL``, ``UNet2DConditionModel`` with
