@@ -56,7 +56,13 @@ def test_write_distilled_set(tmp_path, per_image, size):
     out = tmp_path / "ipc"
     (out / "stale_class").mkdir(parents=True)  # an older set is replaced whole
     info = write_distilled_set(
-        out, classes, refs, src, ipc=8 // per_image, tiles=2 if per_image == 4 else 1, image_size=size
+        out,
+        classes,
+        refs,
+        src,
+        ipc=8 // per_image,
+        tiles=2 if per_image == 4 else 1,
+        image_size=size,
     )
     n_img = 8 // per_image
     assert info["images"] == 2 * n_img

@@ -86,7 +86,9 @@ def test_committed_model_loads_offline():
 
 
 @pytest.mark.skipif(not (COMMITTED / "model_index.json").is_file(), reason="no committed model")
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="no Fashion-MNIST")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="no Fashion-MNIST"
+)
 def test_sign_on_the_trained_model():
     """NOTES.md asks a trained model to confirm the sign: with s = E[L_null - L_class], the
     highest-s patch of a scene overlaps the labelled item more than a random patch does, and
@@ -112,4 +114,8 @@ def test_sign_on_the_trained_model():
             r, c = divmod(flat, p.shape[1])
             store.append(box_iou((4 * c, 4 * r, 4 * c + 32, 4 * r + 32), obj))
         rand.append(random_patch_expectation(obj, 64, 64, 32, 4)[0])
-    assert np.mean(best) > np.mean(rand) + 0.05 > np.mean(worst) + 0.1, (np.mean(best), np.mean(rand), np.mean(worst))
+    assert np.mean(best) > np.mean(rand) + 0.05 > np.mean(worst) + 0.1, (
+        np.mean(best),
+        np.mean(rand),
+        np.mean(worst),
+    )
