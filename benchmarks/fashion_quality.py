@@ -188,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def evaluate(name: str, folder: Path, ipc_arg: str, extra: list[str] = ()) -> Path:
         sweep = work / f"eval_{name}"
-        if not (sweep / "multirun.yaml").is_file() or not list(sweep.glob("*/results.json")):
+        # Complete only when every IPC's job wrote its results (a killed sweep is rerun).
+        done = len(list(sweep.glob("*/results.json")))
+        if not (sweep / "multirun.yaml").is_file() or done < len(ipcs.split(",")):
             run(
                 [
                     *py,
