@@ -210,11 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     student_args = [f"epochs={int(a.epochs)}", f"val.every_n_epochs={int(a.val_every)}"]
     sweeps = {}
     for name in [m for m in methods if m in sets]:
-        # materialise writes <out>/ipc{K}; the pipeline writes <run>/distilled/ipc{K}.
-        folder = sets[name] / "distilled" if name == "ours_no_cluster" else sets[name]
+        # Each set is laid out as a distill run: <set>/distilled/ipc{K}.
         step(
             f"evaluate:{name}",
-            lambda n=name, f=folder: sweeps.__setitem__(n, evaluate(n, f, ipcs, student_args)),
+            lambda n=name, f=sets[name]: sweeps.__setitem__(n, evaluate(n, f, ipcs, student_args)),
         )
     if "teacher_crop" in methods:  # needs the teacher the first evaluation trained and cached
         step(

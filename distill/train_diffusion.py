@@ -191,7 +191,7 @@ def train_vae(vae, sample: CanvasSampler, cfg, t0: float) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(mse))
+        losses.append(float(mse.detach()))
         if step % int(cfg.log_every) == 0:
             log.info("vae step %d: mse %.5f", step, float(np.mean(losses[-cfg.log_every :])))
         if not _budget_left(t0, cfg.time_budget_min * 0.15 if cfg.time_budget_min else None):

@@ -225,6 +225,12 @@ class DistilledSet:
     run_dir: Path | None  # the distill run that wrote it, if recognisable
 
 
+def _holds_ipc_sets(p: Path) -> bool:
+    """True for a folder whose subfolders are all ``ipc{K}`` sets (Stage II's ``distilled/``)."""
+    subdirs = [d for d in p.iterdir() if d.is_dir()]
+    return bool(subdirs) and all(_IPC.match(d.name) for d in subdirs)
+
+
 def resolve_distilled(path: str | Path, ipc: int | None) -> tuple[Path, int | None]:
     """Accept the ``distilled/ipc{K}`` folder itself, or a distill run folder plus ``ipc``."""
     p = Path(path).expanduser()
@@ -235,10 +241,10 @@ def resolve_distilled(path: str | Path, ipc: int | None) -> tuple[Path, int | No
         )
     if not p.is_dir():
         raise DataError(f"distilled={p} is a file; it must be a folder of class folders")
-    if (p / "distilled").is_dir():
-        found = sorted(
-            int(m.group(1)) for d in (p / "distilled").iterdir() if (m := _IPC.match(d.name))
-        )
+    if (p / "distilled").is_dir() or _holds_ipc_sets(p):
+        # A run folder (<run>/distilled/ipc{K}) or its distilled/ folder itself (ipc{K}).
+        parent = p / "distilled" if (p / "distilled").is_dir() else p
+        found = sorted(int(m.group(1)) for d in parent.iterdir() if (m := _IPC.match(d.name)))
         if ipc is None:
             if len(found) != 1:
                 raise DataError(
@@ -246,7 +252,7 @@ def resolve_distilled(path: str | Path, ipc: int | None) -> tuple[Path, int | No
                     "choose one with ipc=K"
                 )
             ipc = found[0]
-        p = p / "distilled" / f"ipc{ipc}"
+        p = parent / f"ipc{ipc}"
         if not p.is_dir():
             raise DataError(f"{p} does not exist: the run has distilled sets for IPC {found}")
     m = _IPC.match(p.name)

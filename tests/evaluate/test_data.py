@@ -26,6 +26,11 @@ def test_load_distilled_from_folder_or_run(folders):
     assert d1.ipc == 1 and d1.store.images.shape == (3, 3, 16, 16)
     with pytest.raises(DataError, match=r"IPC \[1, 2\]: choose one with ipc=K"):
         load_distilled(folders["run_a"], CLS, 32)
+    # The run's distilled/ folder itself (what materialise's out_dir holds) works the same.
+    d3 = load_distilled(folders["run_a"] / "distilled", CLS, 16, ipc=1)
+    assert d3.ipc == 1 and np.array_equal(d3.store.images, d1.store.images)
+    with pytest.raises(DataError, match=r"IPC \[1, 2\]: choose one with ipc=K"):
+        load_distilled(folders["run_a"] / "distilled", CLS, 32)
     # Labels follow the evaluation's class order, not the folder's.
     rev = [ClassInfo(i, c.key, c.name) for i, c in enumerate(reversed(CLS))]
     d2 = load_distilled(folders["run_a"] / "distilled" / "ipc2", rev, 32)
