@@ -276,7 +276,7 @@ def train_unet(
                     ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
                 else:
                     ema[k].copy_(v)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % int(cfg.log_every) == 0:
             log.info(
                 "unet step %d: loss %.4f (%.0f s)",
