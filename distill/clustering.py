@@ -115,14 +115,23 @@ def cluster_spec(cfg: DictConfig, meta: dict) -> dict:
     }
 
 
-def run_cluster(cfg: DictConfig) -> None:
-    """Cluster every class of the bank (the ``cluster`` stage; rank 0 only, seconds)."""
+def uses_clusters(cfg: DictConfig, stage: str) -> bool:
+    """Whether the run's selection needs DIFT clusters (``cluster=none`` and the baselines
+    select without them); logs why a stage is skipped when not."""
     if cfg.cluster.get("kind") == "none" or cfg.selector.get("kind") != "diffusion":
         log.info(
-            "cluster: skipped (cluster=%s, selector=%s)",
+            "%s: not needed (cluster=%s, selector=%s)",
+            stage,
             cfg.cluster.get("kind"),
             cfg.selector.get("kind"),
         )
+        return False
+    return True
+
+
+def run_cluster(cfg: DictConfig) -> None:
+    """Cluster every class of the bank (the ``cluster`` stage; rank 0 only, seconds)."""
+    if not uses_clusters(cfg, "cluster"):
         return
     if not is_launch_rank_zero():
         return

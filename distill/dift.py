@@ -239,12 +239,9 @@ def load_features(bank_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
 def run_features(cfg: DictConfig) -> None:
     """Compute DIFT features for every patch in the bank (the ``features`` stage)."""
     quiet_third_party()
-    if cfg.cluster.get("kind") == "none" or cfg.selector.get("kind") != "diffusion":
-        log.info(
-            "features: not needed (cluster=%s, selector=%s)",
-            cfg.cluster.get("kind"),
-            cfg.selector.get("kind"),
-        )
+    from distill.clustering import uses_clusters
+
+    if not uses_clusters(cfg, "features"):
         return
     from distill.scoring.stage import load_backend
 
