@@ -14,12 +14,15 @@ set and validates them on the real Fashion-MNIST test split:
 - ``random_scene``: random whole scenes (random real images of the distilled dataset);
 - ``random_item``: random real single items (the test distribution itself);
 - ``teacher_crop``: RDED-style crops, the teacher's most confident of 5 per scene;
-- ``full``: every real training item (60,000), the upper bound, ``full_epochs`` epochs.
+- ``full``: every real training item (60,000), the upper bound, ``full_epochs`` epochs;
+- ``ours_hard``, ``random_crop_hard``: the same students with hard labels (no teacher).
 
 It also measures Stage I localisation on the scenes: the IoU of each scene's selected patch
 with the labelled item's box and the share of selections containing its centre, against a
-uniformly random patch and against the teacher's crops. Writes ``results/fashion.md`` and
-``results/fashion.json``; every command it runs is printed and recorded.
+uniformly random patch and against the teacher's crops, and what each distilled set is made
+of (patch IoU with the item, the teacher's agreement with each patch's label). Writes
+``results/fashion.md`` and ``results/fashion.json``; every command it runs is printed and
+recorded. Rerunning it skips finished student sweeps and resumes the distill runs.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +73,10 @@ DEFAULTS = {
         [0.7, 0.9],
     ],
     "t_range_images_per_class": 30,
+    # The same students with hard labels (cross-entropy, no teacher): does selection matter
+    # more when the label cannot say what a patch shows?
+    "hard_label_methods": ["ours", "random_crop"],
+    "hard_label_ipc": [1, 10],
     "methods": [
         "ours",
         "ours_no_cluster",
@@ -190,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = work / f"eval_{name}"
         # Complete only when every IPC's job wrote its results (a killed sweep is rerun).
         done = len(list(sweep.glob("*/results.json")))
-        if not (sweep / "multirun.yaml").is_file() or done < len(ipcs.split(",")):
+        if not (sweep / "multirun.yaml").is_file() or done < len(ipc_arg.split(",")):
             run(
                 [
                     *py,
@@ -237,6 +246,15 @@ def main(argv: list[str] | None = None) -> int:
                 evaluate("teacher_crop", sets["teacher_crop"], ipcs, student_args),
             ),
         )
+    hard_ipcs = ",".join(str(int(k)) for k in a.hard_label_ipc)
+    for name in [m for m in a.hard_label_methods if m in sets]:
+        step(
+            f"evaluate:{name}_hard",
+            lambda n=name: sweeps.__setitem__(
+                f"{n}_hard",
+                evaluate(f"{n}_hard", sets[n], hard_ipcs, [*student_args, "labels=hard"]),
+            ),
+        )
     if "full" in methods:
         full = work / "full" / "distilled" / "ipc6000"
         step("write:full", lambda: write_full_train(full))
@@ -273,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     run([*py, "evaluate.table", *[str(s) for s in sweeps.values()], "--out", str(tables)])
     results = collect(sweeps)
     loc = localisation_report(work, a)
+    diagnostics = patch_diagnostics(work, sets, [int(k) for k in a.ipc])
     report = {
         "machine": machine_name(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -280,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         "students": results,
         "localisation": loc,
         "t_range_localisation": t_loc,
+        "patch_diagnostics": diagnostics,
         "timings_s": timings,
         "total_minutes": (time.perf_counter() - t0) / 60,
         "commands": COMMANDS,
@@ -306,6 +326,76 @@ def collect(sweeps: dict[str, Path]) -> dict:
                 "teacher_acc": r.get("teacher_acc"),
                 "file": str(f),
             }
+    return out
+
+
+def patch_diagnostics(work: Path, sets: dict[str, Path], ipcs: list[int]) -> dict:
+    """What each distilled set is made of, per method and IPC, patch by patch (the manifest):
+
+    - ``mean_iou`` / ``centre_hit``: each patch against its scene's labelled item (scenes
+      only; a whole-scene "patch" scores the item's area share);
+    - ``teacher_top1`` / ``teacher_p``: the teacher's agreement with the patch's label, and
+      its mean probability for it, on the patch alone at the teacher's input size;
+    - ``sources``: distinct source images behind the set's patches (its diversity).
+
+    Students learn from the teacher's soft labels, so a patch the teacher finds ambiguous is
+    not wasted; these figures say why one selection teaches better than another.
+    """
+    from distill.assembly import PatchRef, load_crops
+    from distill.localization import box_iou, contains_centre
+    from distill.teacher_selector import load_classifier
+    from evaluate.data import read_distill_config
+
+    if not teacher_path().is_file():
+        return {}
+    out: dict = {}
+    sources: dict[str, object] = {}
+    for name, run_dir in sets.items():
+        cfg = read_distill_config(run_dir) or read_distill_config(work / "ours")
+        key = json.dumps(cfg.get("data"), sort_keys=True)
+        if key not in sources:
+            sources[key] = build_source(OmegaConf.create(cfg).data)  # resolves ${seed} etc.
+        source = sources[key]
+        model, size, mean, std = load_classifier(
+            str(teacher_path()), [c.key for c in source.classes]
+        )
+        index = {it.source: i for i, it in enumerate(source.items)}
+        truth = getattr(source, "boxes", None)
+        for k in ipcs:
+            manifest = run_dir / "distilled" / f"ipc{k}" / "manifest.csv"
+            if not manifest.is_file():
+                continue
+            with manifest.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            refs = [
+                PatchRef(
+                    index[r["source"]],
+                    r["source"],
+                    tuple(int(r[c]) for c in ("x0", "y0", "x1", "y1")),
+                )
+                for r in rows
+            ]
+            labels = torch.tensor([int(r["class_index"]) for r in rows])
+            crops = load_crops(source, refs, size)
+            x = torch.from_numpy(np.stack([np.asarray(c.convert("RGB")) for c in crops]))
+            x = (x.permute(0, 3, 1, 2).float() / 255 - mean) / std
+            with torch.no_grad():
+                prob = torch.cat([model(b).softmax(1) for b in x.split(256)])
+            row = {
+                "patches": len(rows),
+                "sources": len({r["source"] for r in rows}),
+                "teacher_top1": float((prob.argmax(1) == labels).float().mean()),
+                "teacher_p": float(prob[torch.arange(len(labels)), labels].mean()),
+            }
+            if truth is not None:
+                boxes = [truth[ref.item] for ref in refs]
+                row["mean_iou"] = float(
+                    np.mean([box_iou(r.box, b) for r, b in zip(refs, boxes, strict=True)])
+                )
+                row["centre_hit"] = float(
+                    np.mean([contains_centre(r.box, b) for r, b in zip(refs, boxes, strict=True)])
+                )
+            out.setdefault(name, {})[str(k)] = row
     return out
 
 
@@ -378,7 +468,8 @@ def markdown(rep: dict, tables: Path) -> str:
         for k in s["ipc"]:
             r = by_ipc.get(str(k))
             cells.append(f"{r['mean']:.1f} +- {r['std']:.1f}" if r else "-")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        label = f"{name[: -len('_hard')]} (hard labels)" if name.endswith("_hard") else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     teacher = next(
         (
             r["teacher_acc"]
@@ -432,6 +523,27 @@ def markdown(rep: dict, tables: Path) -> str:
         lines.append(
             f"| random patch | {r['random_mean_iou']:.3f} | {r['random_centre_hit']:.1%} |"
         )
+    if rep.get("patch_diagnostics"):
+        lines += [
+            "",
+            "## What the distilled sets are made of",
+            "",
+            "Per patch of each set (its manifest): IoU with the scene's labelled item and whether "
+            "it holds the item's centre (scenes only), the teacher's top-1 agreement with the "
+            "patch's label and its mean probability for that label (the patch alone, 32 px), "
+            "and the number of distinct source images.",
+            "",
+            "| method | IPC | patches | sources | mean IoU | centre | teacher top-1 | teacher p(label) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, by_ipc in rep["patch_diagnostics"].items():
+            for k, r in by_ipc.items():
+                iou = f"{r['mean_iou']:.3f}" if "mean_iou" in r else "-"
+                hit = f"{r['centre_hit']:.1%}" if "centre_hit" in r else "-"
+                lines.append(
+                    f"| {name} | {k} | {r['patches']} | {r['sources']} | {iou} | {hit} | "
+                    f"{r['teacher_top1']:.1%} | {r['teacher_p']:.3f} |"
+                )
     lines += [
         "",
         f"Tables by `python -m evaluate.table`: `{tables}`.",
