@@ -15,7 +15,9 @@ set and validates them on the real Fashion-MNIST test split:
 - ``random_item``: random real single items (the test distribution itself);
 - ``teacher_crop``: RDED-style crops, the teacher's most confident of 5 per scene;
 - ``full``: every real training item (60,000), the upper bound, ``full_epochs`` epochs;
-- ``ours_hard``, ``random_crop_hard``: the same students with hard labels (no teacher).
+- ``ours_hard``, ``random_crop_hard``: the same students with hard labels (no teacher);
+- ``ours_single``, ``random_crop_single``: the same selections, one patch per image (no 2x2
+  tiles) at ``single_patch_ipc``.
 
 It also measures Stage I localisation on the scenes: the IoU of each scene's selected patch
 with the labelled item's box and the share of selections containing its centre, against a
@@ -77,6 +79,10 @@ DEFAULTS = {
     # more when the label cannot say what a patch shows?
     "hard_label_methods": ["ours", "random_crop"],
     "hard_label_ipc": [1, 10],
+    # Below IPC 10 the method tiles 4 half-size patches per image; the ConvNet teacher, trained
+    # on whole single items, reads such tiles poorly. The same selections without tiles
+    # (one patch per image) separate the selection from the assembly.
+    "single_patch_ipc": [10],
     "methods": [
         "ours",
         "ours_no_cluster",
@@ -245,6 +251,45 @@ def main(argv: list[str] | None = None) -> int:
                 "teacher_crop",
                 evaluate("teacher_crop", sets["teacher_crop"], ipcs, student_args),
             ),
+        )
+    single = ",".join(str(int(k)) for k in a.single_patch_ipc)
+    if single and "ours" in sets:
+        step(
+            "distill:ours_single",
+            lambda: run(
+                [
+                    *py,
+                    "distill.materialize",
+                    f"bank_dir={work / 'ours'}",
+                    f"ipc=[{single}]",
+                    "concat_max_ipc=0",
+                    f"out_dir={work / 'ours_single' / 'distilled'}",
+                ]
+            ),
+        )
+        sets["ours_single"] = work / "ours_single"
+    if single and "random_crop" in sets:
+        step(
+            "distill:random_crop_single",
+            lambda: run(
+                [
+                    *py,
+                    "distill",
+                    *common[:1],
+                    f"ipc=[{single}]",
+                    *common[2:],
+                    "selector=random",
+                    "selector.mode=crop",
+                    "assemble.concat_max_ipc=0",
+                    f"hydra.run.dir={work / 'random_crop_single'}",
+                ]
+            ),
+        )
+        sets["random_crop_single"] = work / "random_crop_single"
+    for name in [n for n in ("ours_single", "random_crop_single") if n in sets]:
+        step(
+            f"evaluate:{name}",
+            lambda n=name: sweeps.__setitem__(n, evaluate(n, sets[n], single, student_args)),
         )
     hard_ipcs = ",".join(str(int(k)) for k in a.hard_label_ipc)
     for name in [m for m in a.hard_label_methods if m in sets]:
@@ -468,7 +513,7 @@ def markdown(rep: dict, tables: Path) -> str:
         for k in s["ipc"]:
             r = by_ipc.get(str(k))
             cells.append(f"{r['mean']:.1f} +- {r['std']:.1f}" if r else "-")
-        label = f"{name[: -len('_hard')]} (hard labels)" if name.endswith("_hard") else name
+        label = name.replace("_hard", " (hard labels)").replace("_single", " (no tiles)")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     teacher = next(
         (
