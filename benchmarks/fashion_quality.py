@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     ) -> Path:
         sweep = work / f"eval_{name}"
         # Complete only when every IPC's job wrote its results (a killed sweep is rerun).
-        done = len(list(sweep.glob("*/results.json")))
+        done = sum(
+            json.loads(f.read_text()).get("complete", False) for f in sweep.glob("*/results.json")
+        )
         if not (sweep / "multirun.yaml").is_file() or done < len(ipc_arg.split(",")):
             run(
                 [
