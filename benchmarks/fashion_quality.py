@@ -539,7 +539,9 @@ def markdown(rep: dict, tables: Path) -> str:
         cells = []
         for k in s["ipc"]:
             r = by_ipc.get(str(k))
-            cells.append(f"{r['mean']:.1f} +- {r['std']:.1f}" if r else "-")
+            n = len(r["acc_final"]) if r else 0
+            part = f" (n={n})" if r and n != int(s["seeds"]) else ""  # a sweep cut short
+            cells.append(f"{r['mean']:.1f} +- {r['std']:.1f}{part}" if r else "-")
         label = name.replace("_hard", " (hard labels)").replace("_single", " (no tiles)")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     teacher = next(
