@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -448,7 +449,26 @@ def patch_diagnostics(work: Path, sets: dict[str, Path], ipcs: list[int]) -> dic
             x = (x.permute(0, 3, 1, 2).float() / 255 - mean) / std
             with torch.no_grad():
                 prob = torch.cat([model(b).softmax(1) for b in x.split(256)])
+            # The written images themselves (2x2 tiles up to IPC 10), as a student sees them.
+            files = sorted({r["file"] for r in rows})
+            by_file = {r["file"]: int(r["class_index"]) for r in rows}
+            xi = torch.from_numpy(
+                np.stack(
+                    [
+                        np.asarray(
+                            Image.open(manifest.parent / f).convert("RGB").resize((size, size))
+                        )
+                        for f in files
+                    ]
+                )
+            )
+            xi = (xi.permute(0, 3, 1, 2).float() / 255 - mean) / std
+            with torch.no_grad():
+                pred_i = torch.cat([model(b).argmax(1) for b in xi.split(256)])
+            image_top1 = float((pred_i == torch.tensor([by_file[f] for f in files])).float().mean())
             row = {
+                "images": len(files),
+                "teacher_top1_image": image_top1,
                 "patches": len(rows),
                 "sources": len({r["source"] for r in rows}),
                 "teacher_top1": float((prob.argmax(1) == labels).float().mean()),
@@ -605,10 +625,12 @@ def markdown(rep: dict, tables: Path) -> str:
             "Per patch of each set (its manifest): IoU with the scene's labelled item and whether "
             "it holds the item's centre (scenes only), the teacher's top-1 agreement with the "
             "patch's label and its mean probability for that label (the patch alone, 32 px), "
-            "and the number of distinct source images.",
+            "and the number of distinct source images; last, the teacher's top-1 on the written "
+            "images (2x2 tiles up to IPC 10) as a student sees them.",
             "",
-            "| method | IPC | patches | sources | mean IoU | centre | teacher top-1 | teacher p(label) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| method | IPC | patches | sources | mean IoU | centre | teacher top-1 | teacher p(label) "
+            "| teacher top-1, image |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, by_ipc in rep["patch_diagnostics"].items():
             for k, r in by_ipc.items():
@@ -616,7 +638,8 @@ def markdown(rep: dict, tables: Path) -> str:
                 hit = f"{r['centre_hit']:.1%}" if "centre_hit" in r else "-"
                 lines.append(
                     f"| {name} | {k} | {r['patches']} | {r['sources']} | {iou} | {hit} | "
-                    f"{r['teacher_top1']:.1%} | {r['teacher_p']:.3f} |"
+                    f"{r['teacher_top1']:.1%} | {r['teacher_p']:.3f} | "
+                    f"{r['teacher_top1_image']:.1%} |"
                 )
     lines += [
         "",
