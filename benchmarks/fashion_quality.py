@@ -54,7 +54,7 @@ from distill.runtime import machine_name  # noqa: E402
 
 DEFAULTS = {
     "work": "outputs/bench_quality",
-    "out": str(ROOT / "results"),
+    "out": "results",  # relative to the repository
     "seeds": 5,
     "epochs": 300,
     # Validation every 50 epochs: "best" then counts epochs 250 and 300 (RDED: last 20%).
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     a = OmegaConf.merge(
         OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
     )
-    work, out = Path(str(a.work)), Path(str(a.out))
+    work, out = Path(str(a.work)), ROOT / str(a.out)
     global REPORT_ONLY
     REPORT_ONLY = bool(a.report_only)
     ipcs = ",".join(str(int(k)) for k in a.ipc)
