@@ -417,16 +417,14 @@ def patch_diagnostics(work: Path, sets: dict[str, Path], ipcs: list[int]) -> dic
     if not teacher_path().is_file():
         return {}
     out: dict = {}
-    sources: dict[str, object] = {}
+    sources: dict[str, tuple] = {}  # one source and one teacher per data config
     for name, run_dir in sets.items():
         cfg = read_distill_config(run_dir) or read_distill_config(work / "ours")
         key = json.dumps(cfg.get("data"), sort_keys=True)
         if key not in sources:
-            sources[key] = build_source(OmegaConf.create(cfg).data)  # resolves ${seed} etc.
-        source = sources[key]
-        model, size, mean, std = load_classifier(
-            str(teacher_path()), [c.key for c in source.classes]
-        )
+            src = build_source(OmegaConf.create(cfg).data)  # resolves ${seed} etc.
+            sources[key] = (src, load_classifier(str(teacher_path()), [c.key for c in src.classes]))
+        source, (model, size, mean, std) = sources[key]
         index = {it.source: i for i, it in enumerate(source.items)}
         truth = getattr(source, "boxes", None)
         for k in ipcs:
