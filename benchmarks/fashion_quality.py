@@ -216,10 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         name: str, folder: Path, ipc_arg: str, extra: list[str] = (), seeds: int | None = None
     ) -> Path:
         sweep = work / f"eval_{name}"
-        # Complete only when every IPC's job wrote its results (a killed sweep is rerun).
-        done = sum(
-            json.loads(f.read_text()).get("complete", False) for f in sweep.glob("*/results.json")
-        )
+        want = int(a.seeds if seeds is None else seeds)
+
+        def finished(r: dict) -> bool:  # every seed asked for ran (not a shorter earlier run)
+            return bool(r.get("complete", False)) and len(r.get("seeds", [])) >= want
+
+        # Complete only when every IPC's job wrote all its seeds (a killed or shorter sweep is
+        # rerun; evaluate resumes it seed by seed).
+        done = sum(finished(json.loads(f.read_text())) for f in sweep.glob("*/results.json"))
         if not (sweep / "multirun.yaml").is_file() or done < len(ipc_arg.split(",")):
             run(
                 [
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                     "experiment=fashion_mnist",
                     f"distilled={folder}",
                     f"ipc={ipc_arg}",
-                    f"seeds={int(a.seeds if seeds is None else seeds)}",
+                    f"seeds={want}",
                     f"method={name}",
                     f"hydra.sweep.dir={sweep}",
                     *extra,
