@@ -375,12 +375,22 @@ def main(argv: list[str] | None = None) -> int:
         "timings_s": timings,
         "total_minutes": (time.perf_counter() - t0) / 60,
         "commands": COMMANDS,
+        "sweep_commands": {k: sweep_command(v) for k, v in sweeps.items()},
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "fashion.json", report)
     atomic_write_text(out / "fashion.md", markdown(report, tables))
     print((out / "fashion.md").read_text())
     return 0
+
+
+def sweep_command(sweep: Path) -> str:
+    """The command that made a student sweep, from the overrides Hydra recorded for it."""
+    f = sweep / "multirun.yaml"
+    if not f.is_file():
+        return f"(no multirun.yaml in {sweep})"
+    overrides = OmegaConf.load(f).hydra.overrides
+    return " ".join(["python -m evaluate -m", *overrides.task, f"hydra.sweep.dir={sweep}"])
 
 
 def collect(sweeps: dict[str, Path]) -> dict:
@@ -537,8 +547,10 @@ def markdown(rep: dict, tables: Path) -> str:
             f"Report rebuilt on {rep['date']} from the outputs of earlier runs (`report_only=true`;"
             " their commands are in their Hydra folders); raw figures in `fashion.json`."
             if s.get("report_only")
-            else f"Measured on {rep['machine']}, {rep['date']}, in {rep['total_minutes']:.0f} "
-            "minutes (`make bench-quality`; raw figures in `fashion.json`)."
+            else f"Written on {rep['machine']}, {rep['date']}, by `make bench-quality`; this "
+            f"invocation took {rep['total_minutes']:.0f} minutes and ran the commands listed at "
+            "the end. Student sweeps already complete in its work folder were reused, not rerun; "
+            "every sweep's own command is listed too. Raw figures in `fashion.json`."
         ),
         "",
         f"Distilled from Fashion-MNIST scenes ({s['images_per_class']} training items per class, each drawn "
@@ -647,7 +659,13 @@ def markdown(rep: dict, tables: Path) -> str:
         "",
         f"Tables by `python -m evaluate.table`: `{tables}`.",
         "",
-        "Commands run:",
+        "Each student sweep's command (from its `multirun.yaml`):",
+        "",
+        "```",
+        *rep.get("sweep_commands", {}).values(),
+        "```",
+        "",
+        "Commands this invocation ran:",
         "",
         "```",
     ]
