@@ -17,7 +17,9 @@ set and validates them on the real Fashion-MNIST test split:
 - ``full``: every real training item (60,000), the upper bound, ``full_epochs`` epochs;
 - ``ours_hard``, ``random_crop_hard``: the same students with hard labels (no teacher);
 - ``ours_single``, ``random_crop_single``: the same selections, one patch per image (no 2x2
-  tiles) at ``single_patch_ipc``.
+  tiles) at ``single_patch_ipc``;
+- ``ours_late_t`` (and ``ours_late_t_single``): the method with Stage I's timesteps drawn
+  from ``late_t_range`` instead of the default [0.1, 0.7].
 
 It also measures Stage I localisation on the scenes: the IoU of each scene's selected patch
 with the labelled item's box and the share of selections containing its centre, against a
@@ -85,6 +87,10 @@ DEFAULTS = {
     # on whole single items, reads such tiles poorly. The same selections without tiles
     # (one patch per image) separate the selection from the assembly.
     "single_patch_ipc": [10],
+    # The method again with Stage I's timesteps drawn from this range (the grid's best
+    # localising range on this model), tiled and untiled: does better localisation teach
+    # better? null: skip.
+    "late_t_range": [0.5, 0.9],
     "report_only": False,
     "methods": [
         "ours",
@@ -305,7 +311,45 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         sets["random_crop_single"] = work / "random_crop_single"
-    for name in [n for n in ("ours_single", "random_crop_single") if n in sets]:
+    if a.late_t_range is not None and "ours" in methods:
+        lo, hi = (float(v) for v in a.late_t_range)
+        step(
+            "distill:ours_late_t",
+            lambda: run(
+                [
+                    *py,
+                    "distill",
+                    *common,
+                    f"scoring.t_range=[{lo},{hi}]",
+                    f"hydra.run.dir={work / 'ours_late_t'}",
+                ]
+            ),
+        )
+        sets["ours_late_t"] = work / "ours_late_t"
+        step(
+            "evaluate:ours_late_t",
+            lambda: sweeps.__setitem__(
+                "ours_late_t", evaluate("ours_late_t", sets["ours_late_t"], ipcs, student_args)
+            ),
+        )
+        if single:
+            step(
+                "distill:ours_late_t_single",
+                lambda: run(
+                    [
+                        *py,
+                        "distill.materialize",
+                        f"bank_dir={work / 'ours_late_t'}",
+                        f"ipc=[{single}]",
+                        "concat_max_ipc=0",
+                        f"out_dir={work / 'ours_late_t_single' / 'distilled'}",
+                    ]
+                ),
+            )
+            sets["ours_late_t_single"] = work / "ours_late_t_single"
+    for name in [
+        n for n in ("ours_single", "random_crop_single", "ours_late_t_single") if n in sets
+    ]:
         step(
             f"evaluate:{name}",
             lambda n=name: sweeps.__setitem__(n, evaluate(n, sets[n], single, student_args)),
@@ -520,6 +564,8 @@ def localisation_report(work: Path, a) -> dict:
             read_jsonl(work / "ours" / "bank" / "scores.jsonl"), truth, patch
         ).as_dict()
     }
+    if (work / "ours_late_t" / "bank" / "scores.jsonl").is_file():
+        rep["stage1_late_t"] = stage1_localisation(work / "ours_late_t")
     for name in ("teacher_crop", "random_crop"):
         man = work / name / "distilled" / f"ipc{max(int(k) for k in a.ipc)}" / "manifest.csv"
         if man.is_file():
@@ -577,6 +623,8 @@ def markdown(rep: dict, tables: Path) -> str:
             part = f" (n={n})" if r and n != int(s["seeds"]) else ""  # a sweep cut short
             cells.append(f"{r['mean']:.1f} +- {r['std']:.1f}{part}" if r else "-")
         label = name.replace("_hard", " (hard labels)").replace("_single", " (no tiles)")
+        if name.startswith("ours_late_t") and s.get("late_t_range"):
+            label = label.replace("ours_late_t", f"ours, t in {list(s['late_t_range'])}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     teacher = next(
         (
@@ -607,6 +655,12 @@ def markdown(rep: dict, tables: Path) -> str:
         lines.append(
             f"| random patch (exact expectation) | {st['images']} | {st['random_mean_iou']:.3f} | {st['random_centre_hit']:.1%} |"
         )
+        if "stage1_late_t" in rep["localisation"]:
+            r = rep["localisation"]["stage1_late_t"]
+            lines.append(
+                f"| ours, t in {list(s['late_t_range'])} (Stage I best patch) | {r['images']} | "
+                f"{r['mean_iou']:.3f} | {r['centre_hit']:.1%} |"
+            )
         for name in ("teacher_crop", "random_crop"):
             if name in rep["localisation"]:
                 r = rep["localisation"][name]
