@@ -91,6 +91,12 @@ DEFAULTS = {
     # localising range on this model), tiled and untiled: does better localisation teach
     # better? null: skip.
     "late_t_range": [0.5, 0.9],
+    # Students' seeds vary only the student; the distilled set is one draw. Redistil from
+    # these extra seeds (new scenes, noise and picks; 0 is the main run) at ``set_seed_ipc``
+    # to see how much the set itself moves the result.
+    "set_seeds": [1, 2],
+    "set_seed_ipc": 1,
+    "set_seed_methods": ["ours", "ours_late_t", "random_crop"],
     "report_only": False,
     "methods": [
         "ours",
@@ -380,6 +386,39 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
 
+    set_sweeps: dict[str, dict[int, Path]] = {}
+    k1 = int(a.set_seed_ipc)
+    for name in [m for m in a.set_seed_methods if m in sets]:
+        set_sweeps[name] = {0: sweeps[name]} if name in sweeps else {}
+        extra = {
+            "ours": [],
+            "ours_late_t": [f"scoring.t_range=[{','.join(str(v) for v in a.late_t_range or [])}]"],
+            "random_crop": ["selector=random", "selector.mode=crop"],
+        }[name]
+        for seed in (int(v) for v in a.set_seeds):
+            d = work / f"{name}_set{seed}"
+            step(
+                f"distill:{name}_set{seed}",
+                lambda d=d, e=extra, sd=seed: run(
+                    [
+                        *py,
+                        "distill",
+                        *common[:1],
+                        f"ipc=[{k1}]",
+                        *common[2:],
+                        *e,
+                        f"seed={sd}",
+                        f"hydra.run.dir={d}",
+                    ]
+                ),
+            )
+            step(
+                f"evaluate:{name}_set{seed}",
+                lambda n=f"{name}_set{seed}", d=d, nm=name, sd=seed: set_sweeps[nm].__setitem__(
+                    sd, evaluate(n, d, str(k1), student_args)
+                ),
+            )
+
     t_loc = {}
     for lo, hi in a.t_ranges:
         d = work / f"t_range_{lo}_{hi}"
@@ -413,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "settings": OmegaConf.to_container(a),
         "students": results,
+        "set_seeds": {
+            name: {str(sd): collect({name: sw}).get(name, {}).get(str(k1)) for sd, sw in by.items()}
+            for name, by in set_sweeps.items()
+        },
         "localisation": loc,
         "t_range_localisation": t_loc,
         "patch_diagnostics": diagnostics,
@@ -640,6 +683,35 @@ def markdown(rep: dict, tables: Path) -> str:
             "",
             f"Teacher (ConvNet-3 on the full training split): {teacher:.1f} % test top-1.",
         ]
+    if any(rep.get("set_seeds", {}).values()):
+        seeds = sorted({int(sd) for by in rep["set_seeds"].values() for sd in by})
+        lines += [
+            "",
+            f"## How much the distilled set itself moves the result (IPC {s['set_seed_ipc']})",
+            "",
+            "The table above varies only the student: its seeds train on one distilled set. Here "
+            "each set is distilled again from other seeds (`seed=`: new scenes, noise and "
+            f"picks; 0 is the set above); each cell is the mean of {s['seeds']} students.",
+            "",
+            "| method | "
+            + " | ".join(f"set seed {sd}" for sd in seeds)
+            + " | mean +- std over sets |",
+            "| --- | " + " | ".join("---" for _ in seeds) + " | --- |",
+        ]
+        for name, by in rep["set_seeds"].items():
+            means = [by[str(sd)]["mean"] if by.get(str(sd)) else None for sd in seeds]
+            got = [m for m in means if m is not None]
+            tail = (
+                f"{np.mean(got):.1f} +- {np.std(got, ddof=1):.1f} (n={len(got)})"
+                if len(got) > 1
+                else "-"
+            )
+            label = name.replace("ours_late_t", f"ours, t in {list(s['late_t_range'] or [])}")
+            lines.append(
+                f"| {label} | "
+                + " | ".join("-" if m is None else f"{m:.1f}" for m in means)
+                + f" | {tail} |"
+            )
     if rep["localisation"]:
         lines += [
             "",
