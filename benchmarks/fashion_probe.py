@@ -1,6 +1,6 @@
 """Why Stage I selects what it selects: probes of the embedded model on held-out scenes.
 
-    python benchmarks/fashion_probe.py                 # 50 test scenes per class, ~5 min on 2 cores
+    python benchmarks/fashion_probe.py                 # 50 test scenes per class, ~10 min on 2 cores
     python benchmarks/fashion_probe.py per_class=10    # a quick look
 
 Issue 6 asks, when ours does not beat random, to find out why: the sign of the relevance map,
