@@ -1,6 +1,6 @@
 """Why Stage I selects what it selects: probes of the embedded model on held-out scenes.
 
-    python benchmarks/fashion_probe.py                 # 50 test scenes per class, ~10 min on 2 cores
+    python benchmarks/fashion_probe.py                 # 30 test scenes per class, ~6 min on 2 cores
     python benchmarks/fashion_probe.py per_class=10    # a quick look
 
 Issue 6 asks, when ours does not beat random, to find out why: the sign of the relevance map,
@@ -52,7 +52,7 @@ from distill.scoring.relevance import (  # noqa: E402
 DEFAULTS = {
     "model": str(ROOT / "models" / "fashion-ldm"),
     "root": "/usr/share/datasets/fashion-mnist",
-    "per_class": 50,
+    "per_class": 30,
     "seed": 0,
     "num_draws": 8,
     "t_range": [0.1, 0.7],
