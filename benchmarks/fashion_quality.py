@@ -204,20 +204,22 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         sets["ours_no_cluster"] = work / "ours_no_cluster"
-    for name, extra in (
-        ("random_crop", ["selector=random", "selector.mode=crop"]),
-        ("random_scene", ["selector=random", "selector.mode=image"]),
-        (
-            "random_item",
-            [
-                "selector=random",
-                "selector.mode=image",
-                "data=fashion_mnist",
-                "scoring.patch=null",
-                "data.short_edge=32",
-            ],
-        ),
-    ):
+    # The distill overrides of each variant (beyond ``common``).
+    variant_args = {
+        "ours": [],
+        "ours_late_t": [f"scoring.t_range=[{','.join(str(v) for v in a.late_t_range or [])}]"],
+        "random_crop": ["selector=random", "selector.mode=crop"],
+        "random_scene": ["selector=random", "selector.mode=image"],
+        "random_item": [
+            "selector=random",
+            "selector.mode=image",
+            "data=fashion_mnist",
+            "scoring.patch=null",
+            "data.short_edge=32",
+        ],
+    }
+    for name in ("random_crop", "random_scene", "random_item"):
+        extra = variant_args[name]
         if name in methods:
             step(
                 f"distill:{name}",
@@ -321,7 +323,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         sets["random_crop_single"] = work / "random_crop_single"
     if a.late_t_range is not None and "ours" in methods:
-        lo, hi = (float(v) for v in a.late_t_range)
         step(
             "distill:ours_late_t",
             lambda: run(
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                     *py,
                     "distill",
                     *common,
-                    f"scoring.t_range=[{lo},{hi}]",
+                    *variant_args["ours_late_t"],
                     f"hydra.run.dir={work / 'ours_late_t'}",
                 ]
             ),
@@ -393,11 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     k1 = int(a.set_seed_ipc)
     for name in [m for m in a.set_seed_methods if m in sets]:
         set_sweeps[name] = {0: sweeps[name]} if name in sweeps else {}
-        extra = {
-            "ours": [],
-            "ours_late_t": [f"scoring.t_range=[{','.join(str(v) for v in a.late_t_range or [])}]"],
-            "random_crop": ["selector=random", "selector.mode=crop"],
-        }[name]
+        extra = variant_args[name]
         for seed in (int(v) for v in a.set_seeds):
             d = work / f"{name}_set{seed}"
             step(
