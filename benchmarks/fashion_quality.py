@@ -289,21 +289,26 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
     single = ",".join(str(int(k)) for k in a.single_patch_ipc)
-    if single and "ours" in sets:
+
+    def untiled(bank: str) -> None:
+        """``{bank}_single``: the bank's selections at ``single_patch_ipc``, no 2x2 tiles."""
         step(
-            "distill:ours_single",
+            f"distill:{bank}_single",
             lambda: run(
                 [
                     *py,
                     "distill.materialize",
-                    f"bank_dir={work / 'ours'}",
+                    f"bank_dir={work / bank}",
                     f"ipc=[{single}]",
                     "concat_max_ipc=0",
-                    f"out_dir={work / 'ours_single' / 'distilled'}",
+                    f"out_dir={work / f'{bank}_single' / 'distilled'}",
                 ]
             ),
         )
-        sets["ours_single"] = work / "ours_single"
+        sets[f"{bank}_single"] = work / f"{bank}_single"
+
+    if single and "ours" in sets:
+        untiled("ours")
     if single and "random_crop" in sets:
         step(
             "distill:random_crop_single",
@@ -314,8 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                     *common[:1],
                     f"ipc=[{single}]",
                     *common[2:],
-                    "selector=random",
-                    "selector.mode=crop",
+                    *variant_args["random_crop"],
                     "assemble.concat_max_ipc=0",
                     f"hydra.run.dir={work / 'random_crop_single'}",
                 ]
@@ -343,20 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         if single:
-            step(
-                "distill:ours_late_t_single",
-                lambda: run(
-                    [
-                        *py,
-                        "distill.materialize",
-                        f"bank_dir={work / 'ours_late_t'}",
-                        f"ipc=[{single}]",
-                        "concat_max_ipc=0",
-                        f"out_dir={work / 'ours_late_t_single' / 'distilled'}",
-                    ]
-                ),
-            )
-            sets["ours_late_t_single"] = work / "ours_late_t_single"
+            untiled("ours_late_t")
     for name in [
         n for n in ("ours_single", "random_crop_single", "ours_late_t_single") if n in sets
     ]:
