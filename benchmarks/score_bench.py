@@ -216,7 +216,8 @@ def run_model(name: str, device: str, args) -> dict:
     else:
         n_naive, n_fast, batch = (2, 4, 2) if device == "cpu" else (4, 256, 16)
         comps = sd15_components()
-    unet_batch = 2 * draws * batch if device == "cpu" else 128
+    batch = args.batch_size or batch
+    unet_batch = args.unet_batch or (2 * draws * batch if device == "cpu" else 128)
     fast_dtype, channels_last = preset(name, device, args)
     if args.quick:
         n_naive, n_fast = 1, batch
@@ -355,6 +356,8 @@ def main() -> None:
     )
     ap.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    ap.add_argument("--batch-size", type=int, default=None, help="fast path images per batch")
+    ap.add_argument("--unet-batch", type=int, default=None, help="fast path samples per U-Net call")
     ap.add_argument("--quick", action="store_true", help="one batch each (a smoke run)")
     ap.add_argument("--out", default=str(ROOT / "results" / "score_bench.json"))
     args = ap.parse_args()
