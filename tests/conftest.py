@@ -42,6 +42,16 @@ def tiny_backend(tiny_model_dir):
     return DiffusionBackend.load(str(tiny_model_dir), dtype="fp32")
 
 
+def load_benchmark(name: str):
+    """A script from benchmarks/ (not a package) as a module, for testing its pieces."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def save_image(path: Path, arr: np.ndarray, mode: str | None = None, **kw) -> Path:
     from PIL import Image
 

@@ -1,17 +1,12 @@
 """The model probe (benchmarks/fashion_probe.py) uses Stage I's own noise and math."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 from omegaconf import OmegaConf
 
 from distill.scoring.relevance import draw_noise, relevance_maps
+from tests.conftest import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "fashion_probe.py"
-_spec = importlib.util.spec_from_file_location("fashion_probe", _PATH)
-probe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(probe)
+probe = load_benchmark("fashion_probe")
 
 
 @torch.no_grad()

@@ -1,21 +1,14 @@
 """The speed benchmark (benchmarks/score_bench.py) measures what it claims to."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
 from distill.data.classes import ClassInfo
 from distill.data.dataset import ResizedImages, collate_images
 from distill.scoring.module import ScoringModule
+from tests.conftest import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "score_bench.py"
-_spec = importlib.util.spec_from_file_location("score_bench", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["score_bench"] = bench
-_spec.loader.exec_module(bench)
+bench = load_benchmark("score_bench")
 
 
 def test_cpu_attention_flops_are_counted():

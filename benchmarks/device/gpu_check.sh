@@ -9,6 +9,11 @@
 set -euo pipefail
 OUT=${OUT:-outputs/device}
 mkdir -p "$OUT"
+if ! ls .whl/*.whl >/dev/null 2>&1; then
+  echo "gpu_check.sh: no wheels in .whl/: run benchmarks/device/fetch_wheels.sh where pip works," \
+    "then carry .whl to this machine (run(..., carry=[\".whl\"]))" >&2
+  exit 2
+fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
