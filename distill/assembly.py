@@ -17,9 +17,12 @@ from PIL import Image, ImageDraw
 
 from distill.data.images import UnreadableImage
 from distill.errors import DataError
-from distill.io import atomic_path, write_csv_rows
+from distill.io import atomic_path, atomic_write_json, write_csv_rows
 
 log = logging.getLogger(__name__)
+
+# set.json's format tag: what a reader of a distilled folder may rely on.
+SET_FORMAT = "dpd-distilled-set-v1"
 
 MANIFEST_HEADER = [
     "file",
@@ -101,8 +104,14 @@ def write_distilled_set(
     tiles: int,
     image_size: int,
     image_format: str = "png",
+    info: dict | None = None,
 ) -> dict:
-    """Write one IPC as an ImageFolder with ``manifest.csv`` and ``classes.csv``, atomically.
+    """Write one IPC as an ImageFolder with ``manifest.csv``, ``classes.csv`` and
+    ``set.json``, atomically.
+
+    ``set.json`` says how the images were assembled (``tiles`` per side, image size) so that
+    evaluation can follow RDED's coupling of augmentation to assembly (its ``factor``) from the
+    set itself instead of guessing it from IPC and resolution; ``info`` adds fields to it.
 
     Args:
         classes: the distilled set's classes in label order: dicts with ``index`` (label in
@@ -150,6 +159,19 @@ def write_distilled_set(
             tmp / "classes.csv",
             ["index", "key", "name", "source_index"],
             [[c["index"], c["key"], c["name"], c["source_index"]] for c in classes],
+        )
+        atomic_write_json(
+            tmp / "set.json",
+            {
+                "format": SET_FORMAT,
+                "ipc": ipc,
+                "tiles": tiles,
+                "patches_per_image": per_image,
+                "image_size": image_size,
+                "num_classes": len(classes),
+                "images": sum(counts.values()),
+                **(info or {}),
+            },
         )
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")

@@ -69,9 +69,12 @@ def cluster_class(
     iterations: int,
     seed: int,
     use_gpu: bool,
-    normalize: bool = True,
+    normalize: bool = False,
 ) -> dict:
     """Cluster one class's patches and rank clusters by median relevance.
+
+    Features are clustered as they are (the paper and DIFT do not normalise them);
+    ``normalize`` L2-normalises them first, an ablation kept as ``cluster.normalize``.
 
     Returns ``num_centers`` (after clamping), per-patch ``cluster`` and ``distance``, and
     ``ranked`` (cluster ids, best median relevance first) with their ``median`` scores.
@@ -178,7 +181,7 @@ def run_cluster(cfg: DictConfig) -> None:
             int(cfg.cluster.iterations),
             stable_seed(int(cfg.cluster.seed), c["key"]) % (2**31),
             use_gpu,
-            bool(cfg.cluster.get("normalize", True)),
+            bool(cfg.cluster.get("normalize", False)),
         )
         if res["clamped"]:
             log.warning(

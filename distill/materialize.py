@@ -193,6 +193,25 @@ def random_refs(
     return out
 
 
+def tiling_max_ipc(concat_max_ipc: int, image_size: int, tile_min_size: int) -> int:
+    """The largest IPC that is tiled 2x2: ``concat_max_ipc`` for high-resolution sets, 0 (never
+    tile) when the distilled images are smaller than ``tile_min_size`` pixels.
+
+    The paper tiles like RDED's ImageNet setting (factor 2) and keeps "the same setting as in
+    RDED" at low resolution (§4.2), where RDED's scripts use factor 1: one whole image per
+    distilled image. Four 16-px tiles in a 32-px CIFAR image are neither.
+    """
+    if concat_max_ipc > 0 and image_size < tile_min_size:
+        log.info(
+            "distilled images of %d px < assemble.tile_min_size=%d: one image per distilled "
+            "image, no 2x2 tiles (low resolution, RDED's factor 1)",
+            image_size,
+            tile_min_size,
+        )
+        return 0
+    return concat_max_ipc
+
+
 def materialize(
     bank_dir: str | Path | None,
     ipcs: list[int],
@@ -205,6 +224,7 @@ def materialize(
     concat_max_ipc: int = 10,
     tiles: int = 2,
     image_size: int | None = None,
+    tile_min_size: int = 128,
     strict: bool = False,
     seed: int = 0,
     source=None,
@@ -215,6 +235,7 @@ def materialize(
     image_format: str = "png",
     teacher_checkpoint: str | None = None,
     crops_per_image: int = 5,
+    set_info: dict | None = None,
 ) -> dict:
     """Write ``distilled/ipc{K}`` for every K in ``ipcs``; returns a summary per IPC.
 
@@ -249,6 +270,7 @@ def materialize(
     if short_edge is None:
         raise ConfigError("materialize needs short_edge for the random selector without a bank")
     size = int(image_size) if image_size else int(patch if patch is not None else short_edge)
+    concat_max_ipc = tiling_max_ipc(concat_max_ipc, size, tile_min_size)
     if selector == "diffusion" and use_clusters:
         cpath = bank.path / "clusters.json"
         entry = bank.meta.get("stages", {}).get("cluster", {})
@@ -312,7 +334,22 @@ def materialize(
         per_image = patches_per_image(ipc, concat_max_ipc, tiles)
         set_dir = out_root / f"ipc{ipc}"
         info = write_distilled_set(
-            set_dir, chosen, refs, source, ipc, 1 if per_image == 1 else tiles, size, image_format
+            set_dir,
+            chosen,
+            refs,
+            source,
+            ipc,
+            1 if per_image == 1 else tiles,
+            size,
+            image_format,
+            info={
+                "selector": selector,
+                "dataset": source.name,
+                "class_order": getattr(source, "class_order", "native"),
+                "class_subset": [c["source_index"] for c in chosen]
+                != list(range(len(all_classes))),
+                **(set_info or {}),
+            },
         )
         log.info(
             "distilled IPC %d: %d images of %d classes -> %s",
@@ -382,10 +419,11 @@ DEFAULTS = dict(
     concat_max_ipc=None,
     tiles=None,
     image_size=None,
+    tile_min_size=None,
     strict=False,
     figures=True,
 )
-PAPER = dict(top_clusters=10, concat_max_ipc=10, tiles=2)
+PAPER = dict(top_clusters=10, concat_max_ipc=10, tiles=2, tile_min_size=128)
 
 
 def recorded_settings(bank_dir) -> dict:
@@ -435,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             concat_max_ipc=int(pick("concat_max_ipc")),
             tiles=int(pick("tiles")),
             image_size=pick("image_size"),
+            tile_min_size=int(pick("tile_min_size")),
             strict=bool(args.strict),
             figures=bool(args.figures),
         )
@@ -460,6 +499,7 @@ def run_assemble(cfg) -> None:
         concat_max_ipc=int(cfg.assemble.concat_max_ipc),
         tiles=int(cfg.assemble.get("tiles", 2)),
         image_size=cfg.assemble.get("image_size"),
+        tile_min_size=int(cfg.assemble.get("tile_min_size", PAPER["tile_min_size"])),
         strict=bool(cfg.assemble.get("strict", False)),
         image_format=str(cfg.assemble.get("image_format", "png")),
     )
@@ -468,7 +508,8 @@ def run_assemble(cfg) -> None:
 
         meta = read_meta(cfg.paths.bank_dir)
         meta["assemble"] = {
-            k: common[k] for k in ("top_clusters", "concat_max_ipc", "tiles", "image_size")
+            k: common[k]
+            for k in ("top_clusters", "concat_max_ipc", "tiles", "image_size", "tile_min_size")
         }
         write_meta(cfg.paths.bank_dir, meta)
         summary = materialize(

@@ -9,6 +9,7 @@ Batches are drawn by `EpochBatches`, a seeded plan that every rank and a resumed
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import re
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from distill.data import ClassInfo, SkipRecord, Source, build_source
 from distill.data.images import UnreadableImage, is_image_name, load_rgb
+from distill.data.sources import with_class_order
 from distill.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -184,6 +186,8 @@ class RealData:
         self.val_set, self.classes, self.skipped = real_split(
             cfg.data, split, self.resize, self.size, cfg.data_cache_gb, cfg.num_workers
         )
+        # The name of the label order (data.class_order), recorded in every output.
+        self.class_order = with_class_order(cfg.data)[1]
         self._train = None
 
     @property
@@ -223,6 +227,10 @@ class DistilledSet:
     store: ImageStore
     counts: list[int]
     run_dir: Path | None  # the distill run that wrote it, if recognisable
+    # Patches per side of each image (2: 2x2 tiles, 1: single patches), from the set's
+    # set.json or manifest.csv; None for a foreign folder that does not say.
+    tiles: int | None = None
+    info: dict = field(default_factory=dict)
 
 
 def _holds_ipc_sets(p: Path) -> bool:
@@ -321,8 +329,34 @@ def load_distilled(
         ipc = max(counts)
     if min(counts) != max(counts) or max(counts) != ipc:
         log.warning("distilled set %s: images per class %s (ipc=%s)", p, counts, ipc)
-    log.info("distilled set %s: %d images, %d classes, ipc %s", p, len(store), len(classes), ipc)
-    return DistilledSet(p, int(ipc), store, counts, run_dir)
+    info, tiles = read_set_info(p)
+    log.info(
+        "distilled set %s: %d images, %d classes, ipc %s, %s",
+        p,
+        len(store),
+        len(classes),
+        ipc,
+        f"{tiles}x{tiles} patches per image" if tiles else "assembly not recorded",
+    )
+    return DistilledSet(p, int(ipc), store, counts, run_dir, tiles, info)
+
+
+def read_set_info(p: Path) -> tuple[dict, int | None]:
+    """How a distilled folder was assembled: ``set.json`` (written by Stage II), else the
+    patches per image counted in ``manifest.csv`` (older sets), else unknown."""
+    if (p / "set.json").is_file():
+        try:
+            info = json.loads((p / "set.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"{p / 'set.json'} cannot be read: {e}") from None
+        return info, int(info["tiles"]) if info.get("tiles") else None
+    if (p / "manifest.csv").is_file():
+        with open(p / "manifest.csv", newline="", encoding="utf-8") as f:
+            slots = [int(r["slot"]) for r in csv.DictReader(f) if r.get("slot", "").isdigit()]
+        if slots:
+            tiles = math.isqrt(max(slots) + 1)
+            return {}, tiles if tiles * tiles == max(slots) + 1 else None
+    return {}, None
 
 
 def _decode_files(files: list[tuple[str, int]], size: int) -> ImageStore:

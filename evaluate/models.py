@@ -88,15 +88,39 @@ def _norm_layer(norm: str, channels: int, size: int) -> nn.Module:
 # ----------------------------------------------------------------------------- registry
 
 
+# The torchvision weights RDED evaluated with: its `models.__dict__[name](pretrained=True)`
+# means IMAGENET1K_V1. "DEFAULT" would give ResNet-50/101 and MobileNet-V2 their V2 weights.
+RDED_WEIGHTS = "IMAGENET1K_V1"
+
+
+def torchvision_weights(arch: str, weights: str | None):
+    """The weights enum member ``weights`` (e.g. ``IMAGENET1K_V1``) of a torchvision model,
+    or a clear error naming the ones it has."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(arch)
+    name = str(weights or RDED_WEIGHTS)
+    if name == "DEFAULT":
+        return enum.DEFAULT
+    if name not in enum.__members__:
+        raise ConfigError(
+            f"{arch} has no torchvision weights {name!r}; it has {list(enum.__members__)} "
+            "(or DEFAULT)"
+        )
+    return enum[name]
+
+
 def _torchvision(arch: str) -> Callable[..., nn.Module]:
-    def build(num_classes: int, pretrained: bool, image_size: int, **kw) -> nn.Module:
+    def build(
+        num_classes: int, pretrained: bool, image_size: int, weights: str | None = None, **kw
+    ) -> nn.Module:
         import torchvision
 
         if arch.startswith("vit_") and image_size != 224:
             kw.setdefault("image_size", image_size)
         if not pretrained:
             return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kw)
-        model = torchvision.models.get_model(arch, weights="DEFAULT", **kw)
+        model = torchvision.models.get_model(arch, weights=torchvision_weights(arch, weights), **kw)
         return _fit_head(model, num_classes, arch)
 
     return build
@@ -107,6 +131,7 @@ def _resnet_cifar(arch: str) -> Callable[..., nn.Module]:
     inputs (SRe2L's and RDED's ``resnet18_modified``)."""
 
     def build(num_classes: int, pretrained: bool, image_size: int, **kw) -> nn.Module:
+        kw.pop("weights", None)
         model = _torchvision(arch)(num_classes, pretrained, image_size, **kw)
         model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
@@ -119,6 +144,7 @@ def _convnet(depth: int) -> Callable[..., nn.Module]:
     def build(num_classes: int, pretrained: bool, image_size: int, **kw) -> nn.Module:
         if pretrained:
             raise ConfigError(f"convnet{depth} has no pretrained weights; load a checkpoint.")
+        kw.pop("weights", None)
         return ConvNet(num_classes, depth=kw.pop("depth", depth), image_size=image_size, **kw)
 
     return build
@@ -146,6 +172,7 @@ def create_model(
     *,
     pretrained: bool = False,
     image_size: int = 224,
+    weights: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a classifier by name with ``num_classes`` outputs.
@@ -155,6 +182,8 @@ def create_model(
         num_classes: outputs of the classifier head.
         pretrained: ImageNet-1K weights from timm/torchvision (needs a network or a filled
             cache); the head is replaced when ``num_classes`` is not 1000.
+        weights: which torchvision weights (``IMAGENET1K_V1``, RDED's, when None; ``DEFAULT``
+            for torchvision's current best); ignored by timm and ConvNets.
         image_size: input side in pixels (ConvNet's head and ViT's position table depend on it).
         **kwargs: passed to the builder (e.g. ``width`` for a ConvNet).
     """
@@ -166,14 +195,16 @@ def create_model(
             raise ConfigError(f"timm has no model {arch!r} (from {name!r})")
         return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kwargs)
     if name.startswith("tv:"):
-        return _torchvision(name.split(":", 1)[1])(num_classes, pretrained, image_size, **kwargs)
+        return _torchvision(name.split(":", 1)[1])(
+            num_classes, pretrained, image_size, weights=weights, **kwargs
+        )
     if name not in MODELS:
         raise ConfigError(
             f"unknown model {name!r}: use one of {sorted(MODELS)}, 'timm:<name>', 'tv:<name>', "
             "or a _target_ node"
         )
     try:
-        return MODELS[name](num_classes, pretrained, image_size, **kwargs)
+        return MODELS[name](num_classes, pretrained, image_size, weights=weights, **kwargs)
     except (OSError, RuntimeError) as e:
         if pretrained:
             raise ModelError(
@@ -207,6 +238,7 @@ def build_model(spec, num_classes: int, image_size: int, role: str) -> nn.Module
         num_classes,
         pretrained=bool(spec.get("pretrained", False)),
         image_size=image_size,
+        weights=spec.get("weights"),
         **kwargs,
     )
 

@@ -27,34 +27,11 @@ from evaluate.augment import BatchAugment, normalize
 from evaluate.cutmix import apply_cutmix, mix_targets, sample_cutmix
 from evaluate.data import EpochBatches, ShardBatches, batch_loader
 from evaluate.losses import kd_kl_loss
+from evaluate.schedule import schedule_factor
 
 log = logging.getLogger(__name__)
 
 TARGETS = ("hard", "online", "stored")
-
-
-def lr_factor(epoch: int, epochs: int, name: str, warmup: int = 0, warmup_start: float = 0.01):
-    """Learning-rate multiplier of an epoch (0-based), a pure function of the epoch so that
-    resuming needs no scheduler state.
-
-    ``rded_cosine`` is RDED's ``0.5 * (1 + cos(pi * e / epochs / 2))``: a quarter cosine
-    period, so the rate ends at half its start, not at zero (RDED `validation/main.py`; the
-    protocol behind the paper's numbers). ``cosine`` decays to zero; ``linear`` too.
-    ``warmup`` epochs ramp linearly from ``warmup_start`` (torchvision's recipe, used by
-    SRe2L's Tiny-ImageNet teachers) before the main schedule starts.
-    """
-    if epoch < warmup:
-        return warmup_start + (1.0 - warmup_start) * epoch / warmup
-    e, n = epoch - warmup, max(1, epochs - warmup)
-    if name == "rded_cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * e / n / 2))
-    if name == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * e / n))
-    if name == "linear":
-        return 1.0 - e / n
-    if name == "constant":
-        return 1.0
-    raise ConfigError(f"schedule.name={name!r}: use rded_cosine, cosine, linear or constant")
 
 
 class Classifier(L.LightningModule):
@@ -64,6 +41,8 @@ class Classifier(L.LightningModule):
         model: the network being trained.
         train_set / val_set: batch datasets (``dataset[list_of_indices]`` -> uint8 images,
             labels), see `evaluate.data`.
+        confusion_classes: with C > 0, validation also counts a C x C confusion matrix
+            (``self.confusion``: label x prediction), for the teacher's class-order probe.
         targets: ``hard`` (cross-entropy on CutMix-mixed labels), ``online`` (KL to the
             teacher on each augmented batch, RDED) or ``stored`` (KL to teacher outputs
             computed once for fixed augmentation seeds, FKD/SRe2L).
@@ -74,7 +53,8 @@ class Classifier(L.LightningModule):
         teacher_size: the teacher's input side when it differs from the student's.
         aug: batched augmentation; ``size`` is the trained model's input side.
         optimizer: a Hydra node with ``_target_`` and ``_partial_: true``.
-        schedule: ``{name, warmup_epochs, warmup_start}`` for `lr_factor`.
+        schedule: ``{name, warmup_epochs, warmup_start, step_epochs, gamma}`` for
+            `evaluate.schedule.lr_factor`.
         plan_seed: seeds batch order and augmentation (the student seed, or the fixed
             ``labels.seed`` with stored labels, whose batches must repeat).
         best_from: validations after fewer epochs do not count for ``acc_best`` (RDED takes
@@ -111,6 +91,7 @@ class Classifier(L.LightningModule):
         stored_dir: str | None = None,
         stored_key: dict | None = None,
         workers: int = 0,
+        confusion_classes: int = 0,
     ):
         super().__init__()
         if targets not in TARGETS:
@@ -118,7 +99,7 @@ class Classifier(L.LightningModule):
         if targets != "hard" and teacher is None:
             raise ConfigError(f"labels.kind={targets!r} needs a teacher")
         if epochs:  # fail on a bad schedule name now, not after the first epoch
-            lr_factor(0, epochs, dict(schedule).get("name", "rded_cosine"))
+            schedule_factor(dict(schedule), 0, epochs)
         self.model = model
         self.teacher = teacher
         if teacher is not None:
@@ -144,6 +125,9 @@ class Classifier(L.LightningModule):
         for name in ("best_acc", "best_epoch", "last_acc", "last_epoch"):
             self.register_buffer(name, torch.tensor(-1.0, dtype=torch.float64))
         self._correct = self._total = None
+        # Validation confusion counts (label x prediction) over this many outputs, for the
+        # teacher probe; 0 = not tracked.
+        self.confusion_classes, self.confusion = int(confusion_classes), None
         self._stored: torch.Tensor | None = None
         self._plan: EpochBatches | None = None
 
@@ -213,13 +197,7 @@ class Classifier(L.LightningModule):
             self._stored = self._stored_labels().to(self.device)
 
     def on_train_epoch_start(self):
-        f = lr_factor(
-            self.current_epoch,
-            self.epochs,
-            self.schedule.get("name", "rded_cosine"),
-            int(self.schedule.get("warmup_epochs", 0) or 0),
-            float(self.schedule.get("warmup_start", 0.01)),
-        )
+        f = schedule_factor(self.schedule, self.current_epoch, self.epochs)
         for opt in self.trainer.optimizers:
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * f
@@ -309,6 +287,8 @@ class Classifier(L.LightningModule):
     def on_validation_epoch_start(self):
         self._correct = torch.zeros((), dtype=torch.long, device=self.device)
         self._total = torch.zeros((), dtype=torch.long, device=self.device)
+        c = self.confusion_classes
+        self._confusion = torch.zeros((c, c), dtype=torch.long, device=self.device) if c else None
 
     def validation_step(self, batch, batch_idx):
         images, labels = batch
@@ -316,13 +296,21 @@ class Classifier(L.LightningModule):
         if x.shape[-1] != self.aug.size:
             x = F.interpolate(x, size=self.aug.size, mode="bilinear", antialias=True)
         logits = self.model(normalize(x, self.mean, self.std))
-        self._correct += (logits.argmax(1) == labels).sum()
+        pred = logits.argmax(1)
+        self._correct += (pred == labels).sum()
         self._total += labels.numel()
+        if self._confusion is not None:
+            c = self.confusion_classes
+            self._confusion += torch.bincount(labels * c + pred, minlength=c * c).view(c, c)
 
     def on_validation_epoch_end(self):
         correct = self.trainer.strategy.reduce(self._correct, reduce_op="sum")
         total = self.trainer.strategy.reduce(self._total, reduce_op="sum")
         acc = 100.0 * float(correct) / max(1, int(total))
+        if self._confusion is not None:
+            self.confusion = (
+                self.trainer.strategy.reduce(self._confusion, reduce_op="sum").cpu().long()
+            )
         # Epochs behind this validation, from the step count: right both inside fit and in
         # the validate() that follows it.
         done = self.global_step // max(1, self.steps_per_epoch)

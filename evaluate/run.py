@@ -26,8 +26,23 @@ from evaluate.augment import BatchAugment
 from evaluate.data import RealData, StoreDataset, load_distilled, read_distill_config
 from evaluate.models import build_model, count_outputs
 from evaluate.module import Classifier
-from evaluate.protocol import input_size, rded_batch_size, shuffle_factor, stats
-from evaluate.teacher import Teacher, load_teacher, model_label, train_teacher
+from evaluate.protocol import (
+    best_window_start,
+    crop_scale,
+    input_size,
+    rded_batch_size,
+    rded_factor,
+    shuffle_factor,
+    stats,
+)
+from evaluate.teacher import (
+    Teacher,
+    check_order_fit,
+    load_teacher,
+    model_label,
+    train_teacher,
+    warn_if_below_expected,
+)
 from evaluate.training import SaveLast, build_loggers, build_trainer, close_loggers, fit
 
 log = logging.getLogger("evaluate")
@@ -115,18 +130,24 @@ def evaluate_students(cfg, out: Path) -> dict:
     teacher: Teacher | None = None
     teacher_acc = None
     if kind != "hard":
-        teacher = load_teacher(cfg, classes, teacher_checkpoint(cfg, real, out))
+        teacher = load_teacher(
+            cfg, classes, teacher_checkpoint(cfg, real, out), class_order=real.class_order
+        )
         if cfg.get("check_teacher", True):
             teacher_acc = probe_teacher(cfg, teacher, real, out)
     batch = int(
-        cfg.batch_size or rded_batch_size(distilled.ipc, len(classes), len(distilled.store))
+        cfg.batch_size
+        or rded_batch_size(
+            distilled.ipc, len(classes), len(distilled.store), str(cfg.data.get("kind", ""))
+        )
     )
+    factor = rded_factor(cfg.aug.get("factor"), distilled.tiles, distilled.ipc, size)
     aug = BatchAugment(
         size,
-        scale=cfg.aug.scale,
+        scale=crop_scale(cfg.aug.scale, factor),
         ratio=cfg.aug.ratio,
         flip=cfg.aug.flip,
-        shuffle_patches=shuffle_factor(cfg, distilled.ipc, size),
+        shuffle_patches=shuffle_factor(cfg.aug.shuffle_patches, factor),
         pad=cfg.aug.pad,
     )
     base = {
@@ -141,7 +162,10 @@ def evaluate_students(cfg, out: Path) -> dict:
         "batch_size": batch,
         "input_size": size,
         "temperature": float(cfg.loss.temperature),
+        "aug_factor": factor,
+        "crop_scale": list(aug.scale) if aug.scale else None,
         "shuffle_patches": aug.shuffle_patches,
+        "distilled_tiles": distilled.tiles,
         "teacher_checkpoint": teacher.checkpoint if teacher else None,
         "teacher_acc": teacher_acc,
         "distilled": str(distilled.path),
@@ -149,7 +173,10 @@ def evaluate_students(cfg, out: Path) -> dict:
         "distill_run": str(distilled.run_dir) if distilled.run_dir else None,
         "t_range": (distill_cfg.get("scoring") or {}).get("t_range"),
         "classes": [c.key for c in classes],
+        "class_order": real.class_order,
+        "distilled_class_order": distilled.info.get("class_order"),
     }
+    base["headline"] = headline_metric(cfg.val.get("headline", "best"))
     _write_run_files(cfg, out, classes, distilled, real)
     seeds = [int(cfg.seed) + i for i in range(int(cfg.seeds))]
     per_seed: list[dict] = []
@@ -161,16 +188,28 @@ def evaluate_students(cfg, out: Path) -> dict:
         _log_table(loggers, per_seed)
         close_loggers(loggers)
     log.info(
-        "%s <- %s on %s IPC %s: %.2f +- %.2f %% top-1 (final) over seeds %s",
+        "%s <- %s on %s IPC %s: top-1 %% best %.2f +- %.2f, final %.2f +- %.2f over seeds %s "
+        "(headline: %s)",
         base["student"],
         base["teacher"],
         base["dataset"],
         base["ipc"],
+        summary["best_mean"],
+        summary["best_std"],
         summary["mean"],
         summary["std"],
         seeds,
+        base["headline"],
     )
     return summary
+
+
+def headline_metric(name: str) -> str:
+    """``val.headline``: which top-1 a run reports first, ``best`` (RDED, the paper) or
+    ``final``."""
+    if name not in ("best", "final"):
+        raise ConfigError(f"val.headline={name!r}: use best (the paper's) or final")
+    return name
 
 
 def train_student(cfg, seed, distilled, real, teacher, aug, batch, out: Path, base: dict):
@@ -229,7 +268,7 @@ def train_student(cfg, seed, distilled, real, teacher, aug, batch, out: Path, ba
         t2_scale=bool(cfg.loss.t2_scale),
         cutmix_beta=float(cfg.aug.cutmix_beta),
         label_smoothing=float(cfg.labels.get("label_smoothing", 0.0)),
-        best_from=int(np.ceil(float(cfg.val.best_after) * epochs)),
+        best_from=best_window_start(epochs, float(cfg.val.best_after)),
         stored_epochs=cfg.labels.get("epochs"),
         stored_dir=str(out / "soft_labels"),
         stored_key={
@@ -278,8 +317,14 @@ def run_key(cfg, base: dict) -> str:
 
 
 def probe_teacher(cfg, teacher: Teacher, real: RealData, out: Path) -> float:
-    """The teacher's own top-1 on the validation split: a wrong class order shows up here as
-    chance-level accuracy (NOTES.md: ~10% on ImageWoof) before any student trains."""
+    """The teacher's own top-1 on the validation split, before any student trains.
+
+    A wrong class order shows up here (NOTES.md: ~10% on ImageWoof): the confusion counts
+    tell which of the data's named orders (``data.class_orders``, and sorted) the teacher's
+    outputs follow, and a teacher that fits another order far better is refused. A teacher
+    far below ``teacher.expected_acc`` gets a loud warning.
+    """
+    keys = real.keys
     probe = Classifier(
         teacher.model,
         None,
@@ -292,12 +337,26 @@ def probe_teacher(cfg, teacher: Teacher, real: RealData, out: Path) -> float:
         optimizer=None,
         schedule={},
         plan_seed=0,
+        confusion_classes=len(keys),
     )
     trainer = build_trainer(cfg, out, 0, 1, [], [])
     trainer.validate(probe, verbose=False)
     acc = float(probe.last_acc)
-    chance = 100.0 / len(real.classes)
+    chance = 100.0 / len(keys)
     log.info("teacher %s: %.2f%% top-1 on the validation split", teacher.name, acc)
+    if not cfg.teacher.get("imagenet_outputs"):  # outputs picked by WordNet ID: order-proof
+        orders = cfg.data.get("class_orders")
+        named = dict(OmegaConf.to_container(orders, resolve=True) if orders else {})
+        named.setdefault("sorted", sorted(keys))
+        accs = check_order_fit(
+            probe.confusion, keys, real.class_order, named, teacher.name, str(cfg.data.name)
+        )
+        if len(accs) > 1:
+            log.info(
+                "teacher %s under each class order: %s",
+                teacher.name,
+                ", ".join(f"{k} {v:.1f}%" for k, v in accs.items()),
+            )
     if acc < 1.5 * chance:
         log.warning(
             "teacher %s scores %.1f%% on %s validation (chance %.1f%%): is its class order the "
@@ -308,6 +367,13 @@ def probe_teacher(cfg, teacher: Teacher, real: RealData, out: Path) -> float:
             chance,
             teacher.checkpoint,
         )
+    warn_if_below_expected(
+        acc,
+        cfg.teacher.get("expected_acc"),
+        cfg.teacher.get("expected_tolerance"),
+        teacher.name,
+        str(cfg.data.name),
+    )
     return acc
 
 
@@ -328,12 +394,15 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def summarize(base: dict, per_seed: list[dict], seeds: list[int]) -> dict:
-    """The ``results.json`` record: per-seed lists plus mean +- std of final (and best)
-    top-1; ``complete`` once every seed has run."""
+    """The ``results.json`` record: per-seed lists plus mean +- std of final (``mean``,
+    ``std``) and best (``best_mean``, ``best_std``) top-1, and the headline's pair
+    (``headline_mean``, ``headline_std``); ``complete`` once every seed has run."""
     final = [r["acc_final"] for r in per_seed]
     best = [r["acc_best"] for r in per_seed]
     mean, std = _mean_std(final)
     best_mean, best_std = _mean_std(best)
+    headline = base.get("headline", "best")
+    head = (best_mean, best_std) if headline == "best" else (mean, std)
     return {
         **base,
         "complete": len(per_seed) == len(seeds),
@@ -347,6 +416,9 @@ def summarize(base: dict, per_seed: list[dict], seeds: list[int]) -> dict:
         "std": round(std, 4),
         "best_mean": round(best_mean, 4),
         "best_std": round(best_std, 4),
+        "headline": headline,
+        "headline_mean": round(head[0], 4),
+        "headline_std": round(head[1], 4),
     }
 
 

@@ -54,10 +54,49 @@ def _kwargs(spec) -> dict:
     return OmegaConf.to_container(spec.get("kwargs") or {}, resolve=True)
 
 
-def load_teacher(cfg, classes: list[ClassInfo], checkpoint: str | None) -> Teacher:
+FORMATS = ("auto", "rded")
+
+
+def rded_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """RDED's observer checkpoints in our parameter names.
+
+    RDED's torchvision models (resnet18, resnet18_modified = our resnet18_cifar) already use
+    torchvision's names, their heads cut to the subset's classes. Its ConvNet
+    (synthesize/models.py) keeps ``layers.conv.{d}`` and ``layers.norm.{d}``; ours is one
+    ``features`` sequence of conv, norm, ReLU, pool per block: ``features.{4d}`` and
+    ``features.{4d + 1}``. The classifier is ``classifier`` in both.
+    """
+    out = {}
+    for k, v in state.items():
+        parts = k.split(".")
+        if len(parts) >= 4 and parts[0] == "layers" and parts[1] in ("conv", "norm"):
+            d = int(parts[2])
+            k = ".".join(["features", str(4 * d + (parts[1] == "norm")), *parts[3:]])
+        out[k] = v
+    return out
+
+
+def check_class_order(declared: str | None, data_order: str, name: str, ckpt, dataset: str) -> None:
+    """Refuse a teacher whose outputs are declared (``teacher.class_order``) in another order
+    than the data's labels: it would teach the wrong names (students near chance)."""
+    if declared is not None and str(declared) != str(data_order):
+        raise ModelError(
+            f"teacher {name} ({ckpt or 'pretrained'}) predicts classes in the order "
+            f"{declared!r} (teacher.class_order), but data={dataset} labels them in the order "
+            f"{data_order!r}: set data.class_order={declared} so that label i means the same "
+            "class for both."
+        )
+
+
+def load_teacher(
+    cfg, classes: list[ClassInfo], checkpoint: str | None, class_order: str | None = None
+) -> Teacher:
     """Build ``cfg.teacher``, fill it from ``checkpoint`` (or pretrained weights) and check
-    that its outputs are the data's classes, in the data's order."""
+    that its outputs are the data's classes, in the data's order (``class_order`` names it)."""
     spec, dataset = cfg.teacher, cfg.data.name
+    fmt = str(spec.get("format") or "auto")
+    if fmt not in FORMATS:
+        raise ConfigError(f"teacher.format={fmt!r}: use one of {list(FORMATS)}")
     name = model_label(spec)
     keys = [c.key for c in classes]
     student_size = input_size(cfg)
@@ -70,9 +109,19 @@ def load_teacher(cfg, classes: list[ClassInfo], checkpoint: str | None) -> Teach
         )
     outputs = 1000 if spec.get("imagenet_outputs") else len(classes)
     state, meta = read_checkpoint(checkpoint) if checkpoint else (None, {})
+    if state is not None and fmt == "rded":
+        state = rded_state_dict(state)
     # A teacher.pt says what it is: a wrong architecture or class order is named as such,
     # before any shape mismatch could hide it; its input size builds the right head.
-    _check_meta(meta, spec, name, keys, checkpoint, dataset)
+    _check_meta(meta, spec, name, keys, checkpoint, dataset, class_order)
+    if not spec.get("imagenet_outputs"):  # 1000-way outputs are mapped by WordNet ID instead
+        check_class_order(
+            spec.get("class_order") or meta.get("class_order"),
+            class_order or "native",
+            name,
+            checkpoint,
+            dataset,
+        )
     size = int(spec.get("input_size") or meta.get("input_size") or student_size)
     model = build_model(spec, outputs, size, "teacher")
     if state is not None:
@@ -104,7 +153,9 @@ def load_teacher(cfg, classes: list[ClassInfo], checkpoint: str | None) -> Teach
     return Teacher(model, name, str(checkpoint) if checkpoint else None, norm, size)
 
 
-def _check_meta(meta: dict, spec, name: str, keys: list[str], ckpt, dataset: str) -> None:
+def _check_meta(
+    meta: dict, spec, name: str, keys: list[str], ckpt, dataset: str, order: str | None = None
+) -> None:
     """A teacher.pt knows its architecture and classes: refuse a mismatch with the config."""
     if not meta:
         return
@@ -121,11 +172,22 @@ def _check_meta(meta: dict, spec, name: str, keys: list[str], ckpt, dataset: str
         )
     theirs = meta.get("classes")
     if theirs is not None and list(theirs) != keys:
+        same_set = sorted(theirs) == sorted(keys)
+        orders = (
+            f" (the teacher's order is {meta['class_order']!r}, the data's {order!r})"
+            if meta.get("class_order") and order
+            else ""
+        )
+        fix = (
+            f"set data.class_order={meta['class_order']}"
+            if same_set and meta.get("class_order") not in (None, "listed", "native")
+            else "set data.classes to the teacher's order"
+        )
         raise ModelError(
-            f"class order differs: teacher checkpoint {ckpt} was trained on {len(theirs)} classes "
-            f"{theirs[:6]}{' ...' if len(theirs) > 6 else ''}; data={dataset} has {len(keys)} "
-            f"{keys[:6]}{' ...' if len(keys) > 6 else ''}. Label i must mean the same class for "
-            "both: set data.classes to the teacher's order (or retrain the teacher)."
+            f"class order differs{orders}: teacher checkpoint {ckpt} was trained on "
+            f"{len(theirs)} classes {theirs[:6]}{' ...' if len(theirs) > 6 else ''}; "
+            f"data={dataset} has {len(keys)} {keys[:6]}{' ...' if len(keys) > 6 else ''}. "
+            f"Label i must mean the same class for both: {fix} (or retrain the teacher)."
         )
 
 
@@ -187,6 +249,7 @@ def train_teacher(cfg, real: RealData, out_dir: Path, save_to: Path | None = Non
         "arch": name,
         "kwargs": _kwargs(spec),
         "classes": [c.key for c in classes],
+        "class_order": real.class_order,
         "class_names": [c.name for c in classes],
         "dataset": str(cfg.data.name),
         "input_size": size,
@@ -207,11 +270,101 @@ def train_teacher(cfg, real: RealData, out_dir: Path, save_to: Path | None = Non
         "train_time_s": round(time.time() - t0, 2),
         "checkpoint": str(save_to or out_dir / "teacher.pt"),
         "classes": [c.key for c in classes],
+        "class_order": real.class_order,
+        "expected_acc": spec.get("expected_acc"),
     }
     _write_teacher(model, meta, results, classes, out_dir, save_to)
     trainer.strategy.barrier("teacher written")
     log.info("teacher %s: val top-1 %.2f%% (best %.2f%%)", name, res["acc_final"], res["acc_best"])
+    warn_if_below_expected(
+        res["acc_final"],
+        spec.get("expected_acc"),
+        spec.get("expected_tolerance"),
+        name,
+        str(cfg.data.name),
+    )
     return results
+
+
+def accuracy_under_orders(
+    confusion: torch.Tensor, keys: list[str], orders: dict[str, list[str]]
+) -> dict[str, float]:
+    """Top-1 (%) the teacher would have if its outputs followed each named class order.
+
+    ``confusion[i, j]`` counts validation images of data label ``i`` (class ``keys[i]``) that
+    the teacher put in output ``j``. If the teacher was trained in order ``X``, output ``j``
+    means class ``X[j]``, whose data label is ``keys.index(X[j])``: the correct predictions
+    are ``sum_j confusion[keys.index(X[j]), j]``. One validation pass thus tells which order
+    a teacher's outputs follow, without knowing how it was trained.
+    """
+    total = max(1, int(confusion.sum()))
+    label_of = {k: i for i, k in enumerate(keys)}
+    out = {}
+    for name, order in orders.items():
+        if len(order) != confusion.shape[1] or set(order) != set(keys):
+            continue
+        rows = torch.tensor([label_of[k] for k in order])
+        hits = confusion[rows, torch.arange(len(order))].sum()
+        out[name] = 100.0 * float(hits) / total
+    return out
+
+
+# A named class order that lets the teacher score this many points more than the data's own
+# order means its outputs follow that order: the probe refuses it (students would learn the
+# wrong names). Two orders of ten classes agree on few labels, so a right order stands out
+# by far more than this.
+ORDER_MARGIN = 20.0
+
+
+def check_order_fit(
+    confusion: torch.Tensor,
+    keys: list[str],
+    data_order: str,
+    orders: dict[str, list[str]],
+    name: str,
+    dataset: str,
+) -> dict[str, float]:
+    """Raise `ModelError` when another named class order fits the teacher far better than
+    the data's; returns the accuracy under every order that could be checked."""
+    accs = accuracy_under_orders(confusion, keys, {data_order: list(keys), **orders})
+    ours = accs.get(data_order, 0.0)
+    best = max(accs, key=accs.get) if accs else data_order
+    if best != data_order and accs[best] >= ours + ORDER_MARGIN:
+        raise ModelError(
+            f"teacher {name} scores {ours:.1f}% on {dataset} validation in the data's class order "
+            f"{data_order!r} but {accs[best]:.1f}% if its outputs follow the order {best!r}: it "
+            f"was trained in that order. Set data.class_order={best} (and teacher.class_order="
+            f"{best} for a file that records none), or use a teacher of the data's order."
+        )
+    return accs
+
+
+def warn_if_below_expected(
+    acc: float, expected: float | None, tolerance: float | None, name: str, dataset: str
+) -> bool:
+    """A loud warning when a teacher's top-1 is far below what its preset expects (a short
+    recipe, a wrong class order, the wrong data): students would learn from a weak teacher
+    and their table would not be the paper's. Returns whether it warned."""
+    if expected is None:
+        return False
+    tol = 10.0 if tolerance is None else float(tolerance)
+    if acc >= float(expected) - tol:
+        return False
+    bar = "!" * 78
+    log.warning(
+        "\n%s\nteacher %s reaches %.1f%% top-1 on %s validation, %.1f points below the expected "
+        "%.1f%% (teacher.expected_acc; tolerance %.0f points). Students trained from it will "
+        "not give the paper's numbers: check the recipe, the data and data.class_order.\n%s",
+        bar,
+        name,
+        acc,
+        dataset,
+        float(expected) - acc,
+        float(expected),
+        tol,
+        bar,
+    )
+    return True
 
 
 @rank_zero_only

@@ -1,6 +1,7 @@
 """Assembly geometry and pixel content, and the written ImageFolder + manifest."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -71,7 +72,11 @@ def test_write_distilled_set(tmp_path, per_image, size):
         "classes.csv",
         "dog_dir",
         "manifest.csv",
+        "set.json",
     ]
+    info_json = json.loads((out / "set.json").read_text())
+    assert info_json["tiles"] == (2 if per_image == 4 else 1)
+    assert info_json["patches_per_image"] == per_image and info_json["image_size"] == size
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with open(out / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -127,6 +127,9 @@ def check_set(set_dir: Path, ipc: int, classes: list[str], source):
         assert len(list((set_dir / key).glob("*.png"))) == ipc
     assert sorted({r["file"] for r in rows}) == files
     assert len(rows) == len(files) * per_image
+    info = json.loads((set_dir / "set.json").read_text())
+    assert info["tiles"] == (2 if per_image == 4 else 1) and info["ipc"] == ipc
+    assert info["class_order"] == source.class_order and info["images"] == len(files)
     for f in files:
         slots = sorted(int(r["slot"]) for r in rows if r["file"] == f)
         assert slots == list(range(per_image))

@@ -99,6 +99,56 @@ def humanize(key: str) -> str:
     return key.replace("_", " ").strip()
 
 
+# Names a class order can go by in ``data.class_order`` besides the named lists a data config
+# defines under ``data.class_orders``.
+LISTED, SORTED, NATIVE = "listed", "sorted", "native"
+
+
+def resolve_class_order(
+    classes: list[str] | None, order: str | None, named: dict | None = None
+) -> tuple[list[str] | None, str]:
+    """The class keys in label order, and the name of that order.
+
+    Class order is the peers' most reported failure (ImageWoof has two orders in use), so it
+    is chosen by name and recorded in every output.
+
+    Args:
+        classes: ``data.classes`` as written (None: the dataset's own list).
+        order: ``data.class_order``: ``sorted`` (sorted keys: for WordNet IDs the ImageNet
+            index order and an ImageFolder's), ``listed`` (as written), a key of ``named``
+            (e.g. ImageWoof's ``minimax``), or None (as written, named ``sorted`` when it is).
+        named: ``data.class_orders``: name -> the keys in that order (a permutation of
+            ``classes``).
+
+    Returns:
+        (keys or None for the dataset's own order, order name).
+    """
+    from distill.errors import ConfigError
+
+    named = dict(named or {})
+    keys = [str(k) for k in classes] if classes is not None else None
+    if order in named:
+        theirs = [str(k) for k in named[order]]
+        if keys is not None and sorted(theirs) != sorted(keys):
+            raise ConfigError(
+                f"data.class_orders.{order} is not a permutation of data.classes: only in the "
+                f"order {sorted(set(theirs) - set(keys))[:5]}, only in data.classes "
+                f"{sorted(set(keys) - set(theirs))[:5]}"
+            )
+        return theirs, str(order)
+    if order == SORTED:
+        return (sorted(keys) if keys is not None else None), SORTED
+    if order in (None, LISTED):
+        if keys is None:
+            return None, NATIVE
+        return keys, SORTED if keys == sorted(keys) and order is None else LISTED
+    raise ConfigError(
+        f"data.class_order={order!r}: use {SORTED}, {LISTED}"
+        + "".join(f", {n}" for n in named)
+        + " (data.class_orders defines the named ones)"
+    )
+
+
 def write_classes_csv(classes: list[ClassInfo], path: str | Path) -> None:
     """Record the class order next to an output (index, key, name)."""
     from distill.io import write_csv_rows

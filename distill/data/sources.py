@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
 from distill.data.classes import (
@@ -35,6 +36,7 @@ from distill.data.classes import (
     imagenet_classes,
     imagenet_name,
     read_names_file,
+    resolve_class_order,
 )
 from distill.data.images import UnreadableImage, is_image_name, load_rgb, read_size
 from distill.data.records import SkipRecord, SourceItem
@@ -61,6 +63,8 @@ class Source:
         self.items = items
         self.skipped = skipped
         self.root = root
+        # The name of the label order (data.class_order), set by `build_source`.
+        self.class_order = "native"
 
     def __len__(self) -> int:
         return len(self.items)
@@ -609,6 +613,23 @@ def _scenes(cfg, split):
     return fashion_scenes_source(cfg, split)
 
 
+def with_class_order(cfg):
+    """``cfg`` with ``classes`` in the order ``data.class_order`` names, and that name."""
+    orders = cfg.get("class_orders")
+    if OmegaConf.is_config(orders):
+        orders = OmegaConf.to_container(orders, resolve=True)
+    listed = cfg.get("classes")
+    if OmegaConf.is_config(listed):
+        listed = OmegaConf.to_container(listed, resolve=True)
+    keys, name = resolve_class_order(listed, cfg.get("class_order"), orders)
+    if keys != listed:
+        cfg = OmegaConf.create(
+            OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        )
+        cfg.classes = keys
+    return cfg, name
+
+
 def build_source(cfg, split: str | None = None) -> Source:
     """Build the source described by a ``data`` config.
 
@@ -620,7 +641,9 @@ def build_source(cfg, split: str | None = None) -> Source:
     if kind not in _KINDS:
         raise ConfigError(f"data.kind={kind!r} is not one of {sorted(_KINDS)}")
     split = split if split is not None else cfg.get("split")
+    cfg, order = with_class_order(cfg)
     src = _KINDS[kind](cfg, split)
+    src.class_order = order
     if not src.items:
         raise DataError(
             f"{src.name}/{split}: no usable images (root={cfg.get('root')}); see the warnings above."

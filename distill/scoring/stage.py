@@ -56,8 +56,9 @@ SCORING_KEYS = (
     "shard_size",
 )
 # Data settings that do not change which pixels are scored (where the files live, the
-# evaluation split); every other data setting is part of the hash.
-DATA_IGNORED = ("root", "val_split")
+# evaluation split) or are hashed in resolved form (the class order: the spec's "classes");
+# every other data setting is part of the hash.
+DATA_IGNORED = ("root", "val_split", "class_order", "class_orders")
 
 
 def items_digest(source) -> str:
@@ -128,6 +129,7 @@ def run_score(cfg: DictConfig) -> None:
             write_classes_csv(source.classes, bank_dir / "classes.csv")
             meta = read_meta(bank_dir)
             meta["classes"] = classes
+            meta["class_order"] = source.class_order
             meta["data_cfg"] = data_record(cfg)
             write_meta(bank_dir, meta)
         return entry

@@ -12,7 +12,7 @@ import torch
 from distill.data import ClassInfo
 from distill.errors import DataError
 from evaluate.data import EpochBatches, ShardBatches, load_distilled, resize_center_crop
-from evaluate.protocol import input_size, rded_batch_size, shuffle_factor, val_resize
+from evaluate.protocol import input_size, val_resize
 from tests.evaluate.conftest import CLASSES, compose_eval
 
 CLS = [ClassInfo(i, k, k) for i, k in enumerate(CLASSES)]
@@ -111,17 +111,15 @@ def test_resize_center_crop_like_torchvision():
 
 
 def test_protocol_defaults():
+    """Sizes as RDED's validation/main.py: input, and resize = input // 7 * 8 everywhere."""
     cfg = compose_eval(["data=imagewoof"])
-    assert input_size(cfg) == 224 and val_resize(cfg) == 256 and shuffle_factor(cfg, 10, 224) == 2
-    assert shuffle_factor(cfg, 50, 224) == 1  # single patches above IPC 10 are not cut
+    assert input_size(cfg) == 224 and val_resize(cfg) == 256
     cfg = compose_eval(["data=cifar10"])
-    assert input_size(cfg) == 32 and val_resize(cfg) == 32 and shuffle_factor(cfg, 10, 32) == 1
+    assert input_size(cfg) == 32 and val_resize(cfg) == 32
     cfg = compose_eval(["data=fashion_mnist"])
     assert input_size(cfg) == 32 and val_resize(cfg) == 32
     cfg = compose_eval(["data=tinyimagenet"])
-    assert input_size(cfg) == 64 and val_resize(cfg) == 64
-    assert rded_batch_size(10, 10, 100) == 50 and rded_batch_size(50, 10, 500) == 100
-    assert rded_batch_size(10, 100, 1000) == 100 and rded_batch_size(1, 10, 10) == 10
+    assert input_size(cfg) == 64 and val_resize(cfg) == 72  # RDED: Resize(72), CenterCrop(64)
 
 
 def test_real_split_skips_and_records_broken_images(folders, tmp_path):
