@@ -56,6 +56,7 @@ DEFAULTS = {
     "seed": 0,
     "num_draws": 8,
     "t_range": [0.1, 0.7],
+    "t_sampling": "iid",
     "patch": 32,
     "stride": 4,
     "batch": 16,
@@ -74,7 +75,11 @@ def prompt_losses(backend, pixels, sources, embs, a, t_lo, t_hi):
     z = backend.encode_images(pixels)
     b, c, h, w = z.shape
     ts, eps = zip(
-        *(draw_noise(a.seed, s, a.num_draws, (c, h, w), t_lo, t_hi) for s in sources), strict=True
+        *(
+            draw_noise(a.seed, s, a.num_draws, (c, h, w), t_lo, t_hi, a.get("t_sampling", "iid"))
+            for s in sources
+        ),
+        strict=True,
     )
     t, eps = torch.stack(ts), torch.stack(eps)  # (B, N), (B, N, C, h, w)
     n, p = t.shape[1], len(embs)

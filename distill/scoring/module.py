@@ -20,6 +20,7 @@ from distill.runtime import set_cpu_threads
 from distill.scoring.plan import PlanSampler, Shard, assign
 from distill.scoring.relevance import (
     box_to_original,
+    check_t_sampling,
     draw_noise,
     encode_fixed,
     pick_windows,
@@ -90,6 +91,7 @@ class ScoringModule(L.LightningModule):
                 per_batch,
             )
         self.t_lo, self.t_hi = timestep_bounds(scoring.t_range, backend.num_train_timesteps)
+        self.t_sampling = check_t_sampling(scoring.get("t_sampling", "iid"))
         self.f = backend.vae_factor
         self.kernel, self.stride = patch_geometry(scoring, self.f, short_edge)
         self.patch_px = None if self.kernel is None else self.kernel * self.f
@@ -105,7 +107,15 @@ class ScoringModule(L.LightningModule):
     def draws(self, sources: list[str], latent_shape) -> tuple[torch.Tensor, torch.Tensor]:
         ts, eps = zip(
             *(
-                draw_noise(self.seed, s, self.num_draws, latent_shape, self.t_lo, self.t_hi)
+                draw_noise(
+                    self.seed,
+                    s,
+                    self.num_draws,
+                    latent_shape,
+                    self.t_lo,
+                    self.t_hi,
+                    self.t_sampling,
+                )
                 for s in sources
             ),
             strict=True,

@@ -41,20 +41,71 @@ def timestep_bounds(t_range, num_train_timesteps: int) -> tuple[int, int]:
     return min(lo, hi), hi
 
 
+# How the N timesteps of an image are spread over [lo, hi] (``scoring.t_sampling``).
+T_SAMPLING = ("iid", "stratified", "grid")
+
+
+def check_t_sampling(value) -> str:
+    """``value`` if it names a timestep scheme of `T_SAMPLING`, else a `ConfigError`."""
+    if value not in T_SAMPLING:
+        raise ConfigError(
+            f"scoring.t_sampling={value!r} must be one of {', '.join(T_SAMPLING)} "
+            "(iid: the paper's t ~ U[lo, hi]; stratified: one draw in each of N equal "
+            "sub-intervals; grid: their midpoints)"
+        )
+    return value
+
+
+def stratum_bounds(i: int, n: int, t_lo: int, t_hi: int) -> tuple[int, int]:
+    """Integer timesteps [a, b] that meet the i-th of ``n`` equal sub-intervals of [lo, hi].
+
+    The integers lo..hi are the unit cells [t, t + 1) of the real interval [lo, hi + 1), of
+    width M = hi - lo + 1; sub-interval i is [lo + i M / n, lo + (i + 1) M / n). Exact
+    integer arithmetic; neighbouring strata share a timestep when M / n is not whole.
+    """
+    m = t_hi - t_lo + 1
+    return t_lo + (i * m) // n, t_lo + -(-(i + 1) * m // n) - 1
+
+
 def draw_noise(
-    seed: int, source: str, num_draws: int, latent_shape: tuple[int, int, int], t_lo: int, t_hi: int
+    seed: int,
+    source: str,
+    num_draws: int,
+    latent_shape: tuple[int, int, int],
+    t_lo: int,
+    t_hi: int,
+    t_sampling: str = "iid",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Timesteps (N,) and noise (N, C, h, w) for one image, from (seed, source id, draw index).
 
     Seeding per draw from the image's stable id makes a score independent of batch size,
-    batch order and the number of devices.
+    batch order and the number of devices. Draw i's generator yields, in this order, an iid
+    timestep ``randint(lo, hi)``, the noise, then (stratified only) the stratum jitter, so
+    the noise of draw i is the same under every scheme and every N. ``t_sampling``:
+
+    - ``iid`` (the paper, the default): t_i ~ U{lo..hi}, independent; draw i does not
+      depend on N.
+    - ``stratified``: u_i ~ U[i/N, (i+1)/N), t_i = lo + floor(u_i M) with M = hi - lo + 1:
+      exactly one draw per equal sub-interval, each t_i still marginally U{lo..hi} for a
+      random i, so the mean over draws estimates the same expectation as iid.
+    - ``grid``: the midpoints t_i = lo + floor((i + 1/2) M / N) of those sub-intervals,
+      deterministic (the diffusion classifier's evenly spaced timesteps, Li et al. 2023, whose
+      ``range(T // N // 2, T, T // N)`` is the same midpoint rule on [0, T)).
     """
+    check_t_sampling(t_sampling)
     ts = torch.empty(num_draws, dtype=torch.long)
     eps = torch.empty(num_draws, *latent_shape)
+    m = t_hi - t_lo + 1
     for i in range(num_draws):
         g = torch.Generator().manual_seed(stable_seed(seed, source, i))
         ts[i] = torch.randint(t_lo, t_hi + 1, (1,), generator=g)
         eps[i] = torch.randn(latent_shape, generator=g)
+        if t_sampling == "stratified":
+            a, b = stratum_bounds(i, num_draws, t_lo, t_hi)
+            u = (i + float(torch.rand(1, generator=g, dtype=torch.float64))) / num_draws
+            ts[i] = min(max(t_lo + math.floor(u * m), a), b)
+        elif t_sampling == "grid":
+            ts[i] = t_lo + ((2 * i + 1) * m) // (2 * num_draws)
     return ts, eps
 
 

@@ -40,6 +40,7 @@ from distill.runtime import (
 )
 from distill.scoring.module import ScoringData, ScoringModule, patch_geometry
 from distill.scoring.plan import make_shards, pending
+from distill.scoring.relevance import check_t_sampling
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ SCORING_KEYS = (
     "topk",
     "shard_size",
 )
+# Hashed only when not the default, so a bank made before the key existed (always iid) keeps
+# its hash under t_sampling=iid.
+SCORING_KEYS_IF_SET = {"t_sampling": "iid"}
 # Data settings that do not change which pixels are scored (where the files live, the
 # evaluation split) or are hashed in resolved form (the class order: the spec's "classes");
 # every other data setting is part of the hash.
@@ -73,8 +77,12 @@ def score_spec(cfg: DictConfig, source, backend) -> dict:
     """What the score stage's numbers depend on; its hash guards the bank."""
     scoring = OmegaConf.to_container(cfg.scoring, resolve=True)
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    hashed = {k: scoring.get(k) for k in SCORING_KEYS}
+    for k, default in SCORING_KEYS_IF_SET.items():
+        if scoring.get(k, default) != default:
+            hashed[k] = scoring[k]
     return {
-        "scoring": {k: scoring.get(k) for k in SCORING_KEYS},
+        "scoring": hashed,
         "data": {k: v for k, v in sorted(data.items()) if k not in DATA_IGNORED},
         "classes": [[c.key, c.name] for c in source.classes],
         "items": {"count": len(source.items), "digest": items_digest(source)},
@@ -110,6 +118,7 @@ def run_score(cfg: DictConfig) -> None:
         log.info("score: not needed (selector=%s)", cfg.selector.kind)
         return
     out_dir, bank_dir = Path(cfg.paths.output_dir), Path(cfg.paths.bank_dir)
+    check_t_sampling(cfg.scoring.get("t_sampling", "iid"))
     zero = is_launch_rank_zero()
     source = build_source(cfg.data)
     backend = load_backend(cfg)
