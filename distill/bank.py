@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from distill.errors import BankMismatchError, ConfigError, DataError
 from distill.io import atomic_path, atomic_write_json, atomic_write_text
 
@@ -282,3 +284,11 @@ def load_bank(bank_dir: str | Path) -> Bank:
     records = read_jsonl(bank / "scores.jsonl")
     classes = meta.get("classes") or []
     return Bank(bank, meta, classes, records)
+
+
+def load_features(bank_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(features (P, C) float32, owners (P, 2) = (record position, patch k)) of a bank."""
+    bank = Path(bank_dir)
+    if not (bank / "features.npy").is_file():
+        raise DataError(f"{bank} has no features.npy: run the features stage first")
+    return np.load(bank / "features.npy").astype(np.float32), np.load(bank / "feature_owners.npy")

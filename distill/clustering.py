@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from distill.bank import config_hash, load_bank, mark_complete, prepare_stage, read_meta
+from distill.bank import (
+    config_hash,
+    load_bank,
+    load_features,
+    mark_complete,
+    prepare_stage,
+    read_meta,
+)
 from distill.errors import ConfigError, DataError
 from distill.io import atomic_write_json
 from distill.runtime import is_launch_rank_zero
@@ -138,8 +145,6 @@ def run_cluster(cfg: DictConfig) -> None:
         return
     if not is_launch_rank_zero():
         return
-    from distill.dift import load_features
-
     bank_dir = Path(cfg.paths.bank_dir)
     bank = load_bank(bank_dir)
     meta = read_meta(bank_dir)

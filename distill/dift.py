@@ -26,6 +26,7 @@ from distill.bank import (
     prepare_stage,
     shard_done,
 )
+from distill.clustering import uses_clusters
 from distill.data import build_source
 from distill.data.images import UnreadableImage, resize_rgb
 from distill.errors import ConfigError, DataError
@@ -228,19 +229,9 @@ def features_spec(cfg: DictConfig, bank, backend) -> dict:
     }
 
 
-def load_features(bank_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(features (P, C) float32, owners (P, 2) = (record position, patch k)) of a bank."""
-    bank = Path(bank_dir)
-    if not (bank / "features.npy").is_file():
-        raise DataError(f"{bank} has no features.npy: run the features stage first")
-    return np.load(bank / "features.npy").astype(np.float32), np.load(bank / "feature_owners.npy")
-
-
 def run_features(cfg: DictConfig) -> None:
     """Compute DIFT features for every patch in the bank (the ``features`` stage)."""
     quiet_third_party()
-    from distill.clustering import uses_clusters
-
     if not uses_clusters(cfg, "features"):
         return
     from distill.scoring.stage import load_backend

@@ -25,8 +25,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from distill.data import ClassInfo, SkipRecord, Source, build_source
+from distill.data.catalog import with_class_order
 from distill.data.images import UnreadableImage, is_image_name, load_rgb
-from distill.data.sources import with_class_order
 from distill.errors import DataError
 
 log = logging.getLogger(__name__)

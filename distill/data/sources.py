@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
 from distill.data.classes import (
@@ -36,7 +35,6 @@ from distill.data.classes import (
     imagenet_classes,
     imagenet_name,
     read_names_file,
-    resolve_class_order,
 )
 from distill.data.images import UnreadableImage, is_image_name, load_rgb, read_size
 from distill.data.records import SkipRecord, SourceItem
@@ -592,61 +590,4 @@ def synthetic_source(cfg, split: str) -> Source:
             boxes.append(box)
     src = ArraySource(cfg.name, split, classes, items, [], None, arrays=arrays)
     src.boxes = boxes
-    return src
-
-
-_KINDS: dict[str, Callable[..., Source]] = {
-    "imagenet": lambda cfg, split: folder_source(cfg, split, imagenet=True),
-    "folder": lambda cfg, split: folder_source(cfg, split, imagenet=False),
-    "tinyimagenet": tinyimagenet_source,
-    "cifar10": lambda cfg, split: cifar_source(cfg, split, hundred=False),
-    "cifar100": lambda cfg, split: cifar_source(cfg, split, hundred=True),
-    "fashion_mnist": fashion_mnist_source,
-    "fashion_scenes": lambda cfg, split: _scenes(cfg, split),
-    "synthetic": synthetic_source,
-}
-
-
-def _scenes(cfg, split):
-    from distill.data.scenes import fashion_scenes_source
-
-    return fashion_scenes_source(cfg, split)
-
-
-def with_class_order(cfg):
-    """``cfg`` with ``classes`` in the order ``data.class_order`` names, and that name."""
-    orders = cfg.get("class_orders")
-    if OmegaConf.is_config(orders):
-        orders = OmegaConf.to_container(orders, resolve=True)
-    listed = cfg.get("classes")
-    if OmegaConf.is_config(listed):
-        listed = OmegaConf.to_container(listed, resolve=True)
-    keys, name = resolve_class_order(listed, cfg.get("class_order"), orders)
-    if keys != listed:
-        cfg = OmegaConf.create(
-            OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-        )
-        cfg.classes = keys
-    return cfg, name
-
-
-def build_source(cfg, split: str | None = None) -> Source:
-    """Build the source described by a ``data`` config.
-
-    Args:
-        cfg: the ``data`` config node (``kind``, ``root``, ``classes`` ...).
-        split: which split; defaults to ``data.split``.
-    """
-    kind = cfg.get("kind")
-    if kind not in _KINDS:
-        raise ConfigError(f"data.kind={kind!r} is not one of {sorted(_KINDS)}")
-    split = split if split is not None else cfg.get("split")
-    cfg, order = with_class_order(cfg)
-    src = _KINDS[kind](cfg, split)
-    src.class_order = order
-    if not src.items:
-        raise DataError(
-            f"{src.name}/{split}: no usable images (root={cfg.get('root')}); see the warnings above."
-        )
-    log.info(src.describe())
     return src

@@ -397,8 +397,8 @@ MINIMAX_WOOF = [193, 182, 258, 162, 155, 167, 159, 273, 207, 229]
 
 
 def test_imagewoof_has_both_orders():
+    from distill.data.catalog import with_class_order
     from distill.data.classes import imagenet_by_wnid
-    from distill.data.sources import with_class_order
 
     d = compose("distill", ["data=imagewoof"]).data
     assert d.class_order == "sorted"
@@ -411,7 +411,7 @@ def test_imagewoof_has_both_orders():
 
 
 def test_imagenet100_cmc_order_is_a_permutation():
-    from distill.data.sources import with_class_order
+    from distill.data.catalog import with_class_order
 
     d = compose("distill", ["data=imagenet100", "data.class_order=cmc"]).data
     cfg, name = with_class_order(d)
