@@ -8,11 +8,11 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 PYTEST := $(TEST_ENV) $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench bench-quality clean
+.PHONY: help install demo test test-all lint format bench bench-quality bench-timesteps mutation clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,17 @@ bench-quality: $(STAMP) ## Small-scale reproduction on Fashion-MNIST (about 3.5 
 	$(PY) benchmarks/fashion_quality.py
 	$(PY) benchmarks/fashion_probe.py
 
+bench-timesteps: $(STAMP) ## Stage I timestep schemes vs a 64-draw reference on the embedded model (about 6-12 min; results/timestep_schemes.md)
+	$(TEST_ENV) $(PY) benchmarks/timestep_schemes.py
+
+# mutmut runs the unit tests of [tool.mutmut] (pyproject.toml) against every mutant of the
+# method's and protocol's arithmetic; slow (tens of minutes), so never part of `make test`.
+MUTMUT_CHILDREN ?= 2
+mutation: $(STAMP) ## Mutation testing of the method's and protocol's arithmetic (slow; results/mutation.md)
+	@$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install 'mutmut>=3.3,<4'
+	$(TEST_ENV) $(VENV)/bin/mutmut run --max-children $(MUTMUT_CHILDREN) || true
+	$(PY) benchmarks/mutation_report.py
+
 clean: ## Remove build artefacts and caches (keeps .venv and outputs/)
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache mutants
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

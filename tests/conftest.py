@@ -23,6 +23,22 @@ CONF = ROOT / "conf"
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
+def _repo_outputs() -> set[str]:
+    """Run folders under the repository's own outputs/ (what a test must never create)."""
+    root = ROOT / "outputs"
+    return {str(p.relative_to(ROOT)) for p in root.glob("*/*/*")} if root.is_dir() else set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_outputs_in_repo():
+    """Tests write under tmp_path: a run folder appearing in the repository's outputs/ is a
+    test that forgot hydra.run.dir (or paths.output_dir), and fails the session."""
+    before = _repo_outputs()
+    yield
+    new = sorted(_repo_outputs() - before)
+    assert not new, f"tests wrote run folders into the repository: {new[:5]}"
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     return Path(os.environ["DISTILL_CACHE"])
