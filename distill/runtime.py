@@ -110,6 +110,25 @@ def set_cpu_threads(trainer, requested: int | None) -> int | None:
     return n
 
 
+def numerics() -> dict:
+    """What decides a run's floating-point results besides its config: the library versions,
+    the CPU thread count and vector ISA, the GPU. The same command with another thread count
+    or on another CPU sums in another order (students and teachers differ in the last digits
+    and, through training, in accuracy); every output records this block to tell them apart.
+    """
+    import platform
+
+    out = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_device_name(0)
+    return out
+
+
 def device_type(trainer_cfg) -> str:
     """The device kind a trainer config will use: ``cuda``, ``mps`` or ``cpu``."""
     acc = str(trainer_cfg.get("accelerator", "auto"))

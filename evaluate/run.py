@@ -56,6 +56,8 @@ def run(cfg) -> None:
     runtime.quiet_third_party()
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.get("generate"):
@@ -175,6 +177,7 @@ def evaluate_students(cfg, out: Path) -> dict:
         "classes": [c.key for c in classes],
         "class_order": real.class_order,
         "distilled_class_order": distilled.info.get("class_order"),
+        "numerics": runtime.numerics(),
     }
     base["headline"] = headline_metric(cfg.val.get("headline", "best"))
     _write_run_files(cfg, out, classes, distilled, real)

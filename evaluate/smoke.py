@@ -13,7 +13,7 @@ from PIL import Image
 from distill.data import ClassInfo
 from distill.data.classes import write_classes_csv
 from distill.data.sources import synthetic_image
-from distill.io import atomic_path
+from distill.io import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -69,5 +69,7 @@ def generate(
                 log.info("generating a smoke distilled set in %s", d)
                 # A seed of its own: stands for selected real patches, not the training images.
                 write_folder(d, classes, k, size, seed + 2)
+                # Whole images, as Stage II records a low-resolution set.
+                atomic_write_json(d / "set.json", {"ipc": k, "tiles": 1, "image_size": size})
         if not (distill_run / "classes.csv").exists():
             write_classes_csv(classes, distill_run / "classes.csv")

@@ -19,6 +19,7 @@ from distill.data import ClassInfo
 from distill.data.classes import imagenet_by_wnid, write_classes_csv
 from distill.errors import ConfigError, ModelError
 from distill.io import atomic_path, atomic_write_json
+from distill.runtime import numerics
 from evaluate.augment import BatchAugment
 from evaluate.data import RealData
 from evaluate.models import SelectOutputs, build_model, count_outputs, fit_state, read_checkpoint
@@ -258,6 +259,7 @@ def train_teacher(cfg, real: RealData, out_dir: Path, save_to: Path | None = Non
         "val_acc_best": res["acc_best"],
         "epochs": int(tf.epochs),
         "recipe": OmegaConf.to_container(tf, resolve=True),
+        "numerics": numerics(),
     }
     results = {
         "mode": "teacher",

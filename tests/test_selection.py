@@ -110,6 +110,20 @@ def test_cluster_class_separated_blobs_and_median_ranking():
     assert not res["clamped"]
 
 
+def test_clusters_ranked_by_median_not_mean():
+    """Paper §3.3: clusters rank by the *median* relevance of their patches. Blob A has one
+    outlier that lifts its mean above blob B's while its median stays below."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[10.0, 0, 0], [0, 10.0, 0]])
+    x = np.concatenate([c + rng.normal(0, 0.1, (5, 3)) for c in centres]).astype(np.float32)
+    a = np.array([0.1, 0.1, 0.2, 0.2, 5.0])  # median 0.2, mean 1.12
+    b = np.array([0.5, 0.5, 0.6, 0.6, 0.6])  # median 0.6, mean 0.56
+    res = cluster_class(x, np.concatenate([a, b]), 2, 20, 1, False)
+    ca, cb = res["cluster"][0], res["cluster"][5]
+    assert ca != cb and res["ranked"] == [cb, ca]
+    assert res["median"] == pytest.approx([0.6, 0.2])
+
+
 def test_cluster_class_clamps_centres():
     x = np.eye(3, dtype=np.float32)
     res = cluster_class(

@@ -34,6 +34,7 @@ from distill.runtime import (
     device_type,
     get_loggers,
     is_launch_rank_zero,
+    numerics,
     predict_then_merge,
     prepare_on_zero_first,
     quiet_third_party,
@@ -139,6 +140,7 @@ def run_score(cfg: DictConfig) -> None:
             meta = read_meta(bank_dir)
             meta["classes"] = classes
             meta["class_order"] = source.class_order
+            meta["numerics"] = numerics()
             meta["data_cfg"] = data_record(cfg)
             write_meta(bank_dir, meta)
         return entry

@@ -40,6 +40,11 @@ def test_student_run_writes_results(folders, teacher_ckpt, tmp_path):
     assert res["steps"] == [2, 2]  # 6 images, RDED batch min(50, 6): one step per epoch
     assert res["t_range"] == [0.1, 0.7] and res["method"] == "diffusion"  # from the distill run
     assert res["teacher_acc"] is not None and res["classes"] == CLASSES
+    # The protocol as run, recorded: headline, augmentation factor, class order, numerics.
+    assert res["headline"] == "best" and res["headline_mean"] == res["best_mean"]
+    assert res["class_order"] == "native" and res["aug_factor"] == 1 == res["distilled_tiles"]
+    assert res["crop_scale"] == [1.0, 1.0] and res["shuffle_patches"] == 1
+    assert res["numerics"]["threads"] >= 1 and res["numerics"]["torch"] == torch.__version__
     for s in (0, 1):
         assert (tmp_path / f"seed{s}" / "checkpoints" / "last.ckpt").is_file()
         assert (tmp_path / f"seed{s}" / "csv" / "metrics.csv").is_file()
