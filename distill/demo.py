@@ -23,12 +23,16 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 # Students train 100 epochs here (RDED's protocol: 300; `make bench-quality` uses it) and are
-# validated every 25, so the whole demo fits in a coffee break on a laptop CPU.
+# validated every 25, so the whole demo fits in a coffee break on a laptop CPU. CPU threads
+# are pinned: floating-point sums follow the thread count, and a teacher trained with 1 thread
+# instead of 2 moved the students by 2-4 points (README, "Reproducibility"); with the count
+# fixed, the table depends on the machine's CPU type only, not on its number of cores.
 DEFAULTS = {
     "out": "outputs/demo",
     "seeds": 2,
     "epochs": 100,
     "val_every": 25,
+    "threads": 2,
     "ipc": [1, 10, 50],
     "distill_args": [],
     "evaluate_args": [],
@@ -50,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(str(args.out)) / stamp
     run_dir, eval_dir = root / "distill", root / "evaluate"
     ipcs = [int(k) for k in args.ipc]
+
+    def threads(*keys: str) -> list[str]:
+        return [f"{k}={int(args.threads)}" for k in keys] if args.threads else []
+
     t0 = time.perf_counter()
     py = [sys.executable, "-m"]
     _run(
@@ -59,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             "experiment=demo",
             f"ipc=[{','.join(map(str, ipcs))}]",
             f"hydra.run.dir={run_dir}",
+            *threads("scoring.num_threads", "features.num_threads"),
             *args.distill_args,
         ]
     )
@@ -76,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             f"val.every_n_epochs={int(args.val_every)}",
             "method=ours",
             f"hydra.sweep.dir={eval_dir}",
+            *threads("num_threads"),
             *args.evaluate_args,
         ]
     )

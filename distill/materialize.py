@@ -21,11 +21,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from distill.assembly import PatchRef, class_grids, cluster_sheet, write_distilled_set
+from distill.assembly import PatchRef, write_distilled_set
 from distill.bank import load_bank
 from distill.data import build_source
 from distill.data.images import resized_size
 from distill.errors import ConfigError, DataError, DistillError
+from distill.figures import class_grids, cluster_sheet
 from distill.scoring.relevance import box_to_original, stable_seed
 from distill.selection import (
     Patch,

@@ -21,10 +21,6 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 _LOW_RES = {"cifar10": 32, "cifar100": 32, "tinyimagenet": 64, "fashion_mnist": 32}
 
 
-def is_low_res(data_cfg) -> bool:
-    return str(data_cfg.get("kind")) in _LOW_RES
-
-
 def input_size(cfg) -> int:
     """Side the networks see: ``input.size``, else 224 (ImageNet family and folders) or the
     dataset's native size."""

@@ -147,11 +147,35 @@ def load_teacher(
                 f"has keys that are not ImageNet-1K WordNet IDs: {bad[:5]}"
             )
         model = SelectOutputs(model, [table[k].index for k in keys])
+    _note_numerics(meta.get("numerics"), checkpoint)
     meta_norm = meta.get("normalize")
     fallback = (meta_norm["mean"], meta_norm["std"]) if meta_norm else None
     norm = stats(spec.get("normalize"), fallback)
     model.requires_grad_(False).eval()
     return Teacher(model, name, str(checkpoint) if checkpoint else None, norm, size)
+
+
+def _note_numerics(theirs: dict | None, ckpt) -> None:
+    """Say so when a teacher was trained under other numerics (thread count, CPU ISA, torch)
+    than this run has: a cached teacher then gives other soft labels than one trained here,
+    and the students' table differs although every setting is the same."""
+    if not theirs:
+        return
+    ours = numerics()
+    keys = ("threads", "cpu_capability", "torch", "cuda")
+    diff = {k: (theirs.get(k), ours.get(k)) for k in keys if theirs.get(k) != ours.get(k)}
+    if diff:
+        # Between CPU runs this is what makes two "same" demo tables differ; with a GPU in
+        # the picture the numerics differ anyway and it is only worth a note.
+        level = logging.INFO if theirs.get("cuda") or ours.get("cuda") else logging.WARNING
+        log.log(
+            level,
+            "teacher %s was trained under other numerics than this run has (%s): its outputs "
+            "are the same network's, but a teacher retrained here would differ in the last "
+            "digits, and so would the students trained from it",
+            ckpt,
+            ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items()),
+        )
 
 
 def _check_meta(

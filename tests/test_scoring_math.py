@@ -12,6 +12,7 @@ from distill.scoring.module import ScoringModule, patch_geometry
 from distill.scoring.relevance import (
     box_to_original,
     draw_noise,
+    encode_fixed,
     fixed_chunks,
     pick_windows,
     pool_scores,
@@ -147,6 +148,26 @@ def test_fixed_chunks_pad_last():
     assert [m for _, m in chunks] == [4, 4, 2]
     assert chunks[-1][0].tolist() == [8, 9, 9, 9]
     assert [len(i) for i, _ in fixed_chunks(10, 4, pad=False)] == [4, 4, 2]
+
+
+def test_encode_fixed_calls_one_shape_and_keeps_order():
+    """Every VAE call sees exactly vae_batch rows (the last padded), and the result is the
+    unpadded, in-order concatenation."""
+
+    class Fake:
+        shapes: list[int] = []
+
+        def encode_images(self, x):
+            self.shapes.append(len(x))
+            return x * 2 + 1
+
+    fake = Fake()
+    x = torch.arange(10, dtype=torch.float32).view(10, 1)
+    out = encode_fixed(fake, x, 4)
+    assert torch.equal(out, x * 2 + 1) and fake.shapes == [4, 4, 4]
+    fake.shapes.clear()
+    assert torch.equal(encode_fixed(fake, x, 4, pad=False), x * 2 + 1)
+    assert fake.shapes == [4, 4, 2]
 
 
 @pytest.mark.parametrize(

@@ -133,3 +133,29 @@ def test_cluster_class_clamps_centres():
     assert res["ranked"] == [1, 2, 0]  # each patch its own cluster, by relevance
     res = cluster_class(np.zeros((0, 3), np.float32), np.zeros(0), 32, 5, 0, False)
     assert res["num_centers"] == 0 and res["ranked"] == []
+
+
+def test_cluster_spec_hashes_the_settings_that_change_clusters():
+    """The cluster stage's hash covers its features' hash and every setting that moves a
+    cluster (centres, iterations, seed, normalisation), not top_clusters (a selection
+    setting, read at assembly)."""
+    from omegaconf import OmegaConf
+
+    from distill.clustering import cluster_spec, uses_clusters
+
+    cfg = OmegaConf.create(
+        {
+            "cluster": {"kind": "kmeans", "num_centers": 32, "iterations": 20, "seed": 3,
+                        "normalize": False, "top_clusters": 10, "use_gpu": "auto"},
+            "selector": {"kind": "diffusion"},
+        }
+    )  # fmt: skip
+    meta = {"stages": {"features": {"hash": "abc"}}}
+    spec = cluster_spec(cfg, meta)
+    assert spec == {
+        "features_hash": "abc",
+        "cluster": {"num_centers": 32, "iterations": 20, "seed": 3, "normalize": False},
+    }
+    assert uses_clusters(cfg, "cluster")
+    assert not uses_clusters(OmegaConf.merge(cfg, {"cluster": {"kind": "none"}}), "cluster")
+    assert not uses_clusters(OmegaConf.merge(cfg, {"selector": {"kind": "random"}}), "cluster")

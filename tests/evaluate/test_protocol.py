@@ -509,3 +509,18 @@ def test_config_files_say_so():
     text = (ROOT / "conf" / "cluster" / "kmeans.yaml").read_text()
     assert "normalize: false" in text
     assert OmegaConf.load(ROOT / "conf" / "assemble" / "default.yaml").tile_min_size == 128
+
+
+def test_teacher_of_other_numerics_is_noted(caplog):
+    """A cached teacher trained with another thread count gives other soft labels than a
+    teacher retrained here: the run says so."""
+    from distill.runtime import numerics
+    from evaluate.teacher import _note_numerics
+
+    here = numerics()
+    with caplog.at_level(logging.WARNING):
+        _note_numerics(dict(here), "t.pt")
+        assert "other numerics" not in caplog.text
+        _note_numerics({**here, "threads": here["threads"] + 1}, "t.pt")
+    assert "other numerics" in caplog.text and f"threads {here['threads'] + 1} ->" in caplog.text
+    assert set(here) >= {"torch", "threads", "cpu_capability", "machine"}
