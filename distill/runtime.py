@@ -9,7 +9,7 @@ import warnings
 
 import hydra
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -119,7 +119,7 @@ def numerics() -> dict:
     import platform
 
     out = {
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "machine": platform.machine(),
@@ -170,11 +170,29 @@ def get_loggers(cfg: DictConfig) -> list:
     return _LOGGERS[key]
 
 
+class EndSpawnedGroup(Callback):
+    """Destroy the process group at the end of a spawned worker's run (``ddp_spawn``).
+
+    Each ``trainer.fit`` under ``ddp_spawn`` is a fresh set of processes that exit right
+    after it. Left to the interpreter's shutdown, gloo's background threads could be torn
+    down mid-flight and abort the worker ("terminate called without an active exception",
+    SIGABRT) after its results were written; destroying the group first ends them cleanly.
+    Other launchers keep their group for the next trainer of the same process.
+    """
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        launcher = getattr(trainer.strategy, "launcher", None)
+        spawned = getattr(launcher, "_start_method", None) in ("spawn", "fork", "forkserver")
+        if spawned and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list | None = None, **overrides):
     """A Lightning Trainer from ``cfg.trainer`` with our callbacks, loggers and overrides."""
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     tcfg.update(overrides)
-    tcfg["callbacks"] = callbacks
+    tcfg["callbacks"] = [*callbacks, EndSpawnedGroup()]
     tcfg["logger"] = loggers if loggers else False
     return hydra.utils.instantiate(tcfg, _convert_="all")
 

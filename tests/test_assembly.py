@@ -98,3 +98,67 @@ def test_write_distilled_set(tmp_path, per_image, size):
     assert {r["note"] for r in rows if r["class_index"] == "1"} == {"fill"}
     with open(out / "classes.csv", newline="") as f:
         assert [r["key"] for r in csv.DictReader(f)] == ["cat_dir", "dog_dir"]
+
+
+def test_write_distilled_set_files_and_records(tmp_path):
+    """What a reader relies on, exactly: file names and format, the manifest's score field,
+    a class without patches, classes.csv's header and set.json's fields, a new nested
+    folder, and an unreadable source named in the error."""
+    from distill.assembly import SET_FORMAT
+    from distill.errors import DataError
+
+    src = source_of([(64, 64), (64, 64), (64, 64)])
+    classes = [
+        {"index": 0, "key": "cat_dir", "name": "cat", "source_index": 0},
+        {"index": 1, "key": "dog_dir", "name": "dog", "source_index": 1},
+        {"index": 2, "key": "cow_dir", "name": "cow", "source_index": 5},
+    ]
+    refs = {
+        0: [PatchRef(0, "s/0", (0, 0, 32, 32)), PatchRef(2, "s/2", (8, 8, 40, 40), 0.5)],
+        1: [PatchRef(1, "s/1", (0, 0, 64, 64), -0.25, 3, 1, "fill")],
+    }  # no entry for label 2
+    out = tmp_path / "new" / "nested" / "ipc1"
+    info = write_distilled_set(out, classes, refs, src, ipc=1, tiles=1, image_size=32)
+    assert info == {
+        "images": 3,
+        "per_class": {"cat_dir": 2, "dog_dir": 1, "cow_dir": 0},
+        "patches": 3,
+    }
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert names == [
+        "cat_dir/0000.png", "cat_dir/0001.png", "classes.csv", "dog_dir/0000.png",
+        "manifest.csv", "set.json",
+    ]  # fmt: skip
+    assert (out / "cow_dir").is_dir() and not list((out / "cow_dir").iterdir())
+    assert Image.open(out / "cat_dir" / "0000.png").format == "PNG"
+    with open(out / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["file"], r["score"], r["cluster"], r["cluster_rank"], r["note"]) for r in rows] == [
+        ("cat_dir/0000.png", "", "-1", "-1", ""),
+        ("cat_dir/0001.png", "0.5", "-1", "-1", ""),
+        ("dog_dir/0000.png", "-0.25", "3", "1", "fill"),
+    ]
+    assert (out / "classes.csv").read_text().splitlines() == [
+        "index,key,name,source_index", "0,cat_dir,cat,0", "1,dog_dir,dog,1", "2,cow_dir,cow,5",
+    ]  # fmt: skip
+    assert json.loads((out / "set.json").read_text()) == {
+        "format": SET_FORMAT, "ipc": 1, "tiles": 1, "patches_per_image": 1, "image_size": 32,
+        "num_classes": 3, "images": 3,
+    }  # fmt: skip
+    # Rewriting replaces the set whole and leaves no temporary folder behind.
+    write_distilled_set(out, classes[:1], {0: refs[0][:1]}, src, ipc=1, tiles=1, image_size=32)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cat_dir", "classes.csv", "manifest.csv", "set.json",
+    ]  # fmt: skip
+    assert [p.name for p in out.parent.iterdir()] == ["ipc1"]
+
+    class Broken(ArraySource):
+        def load(self, i):
+            from distill.data.images import UnreadableImage
+
+            raise UnreadableImage("truncated")
+
+    bad = Broken("t", "train", src.classes, src.items, [], None, arrays=src.arrays)
+    bad.items = [SourceItem("s/0", 0, (64, 64), path="/data/cat/0.jpg")] + src.items[1:]
+    with pytest.raises(DataError, match="cannot read /data/cat/0.jpg for a distilled patch"):
+        write_distilled_set(tmp_path / "x", classes, refs, bad, ipc=1, tiles=1, image_size=32)

@@ -159,3 +159,35 @@ def test_cluster_spec_hashes_the_settings_that_change_clusters():
     assert uses_clusters(cfg, "cluster")
     assert not uses_clusters(OmegaConf.merge(cfg, {"cluster": {"kind": "none"}}), "cluster")
     assert not uses_clusters(OmegaConf.merge(cfg, {"selector": {"kind": "random"}}), "cluster")
+
+
+def test_quota_rules_at_their_edges():
+    """One cluster takes the whole quota; 3x3 tiles need nine patches per image; the defaults
+    are the paper's (2x2 tiles up to IPC 10)."""
+    from distill.selection import patches_per_image
+
+    assert cluster_quota(10, 1, concat_max_ipc=10) == 40 and cluster_quota(10, 0, 10) == 0
+    assert patches_per_image(1, 10) == 4 and patches_per_image(11, 10) == 1
+    assert patches_needed(1, 10, tiles=3) == 9 and cluster_quota(1, 3, 10, tiles=3) == 3
+    ps = [Patch(i, float(i), i % 3, 0.0) for i in range(30)]
+    picks = select_clustered(ps, [0, 1, 2], top_clusters=3, ipc=1, tiles=3)
+    assert len(picks) == 9 and all(pk.note == "" for pk in picks)  # 3 from each cluster
+    assert len(select_clustered(ps, [0, 1, 2], 3, ipc=11)) == 11  # default concat_max_ipc 10
+    assert len(select_by_relevance(ps, ipc=11)) == 11 and len(select_by_relevance(ps, 1)) == 4
+    assert len(select_by_relevance(ps, ipc=1, tiles=3)) == 9
+
+
+def test_selection_tie_breaks_and_strays():
+    """Inside a cluster, equal distances go to the more relevant patch; a patch of a cluster
+    that is not ranked (e.g. -1) can still fill, with cluster rank -1; top_clusters=0 is a
+    pure relevance fill; reused picks keep their cluster rank."""
+    ps = [Patch(0, 0.2, 0, 0.5), Patch(1, 0.9, 0, 0.5), Patch(2, 0.1, 0, 0.9), Patch(3, 5.0, -1)]
+    q = select_clustered(ps, [0], top_clusters=1, ipc=1, concat_max_ipc=10)
+    assert [pk.patch.id for pk in q] == [1, 0, 2, 3]  # quota 4: cluster 0 by distance, tie -> 0.9
+    assert [pk.cluster_rank for pk in q] == [0, 0, 0, -1] and q[3].note == "fill"
+    none = select_clustered(ps, [0], top_clusters=0, ipc=1, concat_max_ipc=10)
+    assert [pk.patch.id for pk in none] == [3, 1, 0, 2] and {pk.note for pk in none} == {"fill"}
+    few = select_clustered(ps[:2], [0], top_clusters=1, ipc=1, concat_max_ipc=10)
+    assert [(pk.patch.id, pk.cluster_rank, pk.note) for pk in few] == [
+        (1, 0, ""), (0, 0, ""), (1, 0, "reused"), (0, 0, "reused"),
+    ]  # fmt: skip

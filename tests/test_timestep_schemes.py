@@ -272,3 +272,23 @@ def test_score_stage_rejects_a_bad_scheme_before_loading_anything(tmp_path):
     with pytest.raises(ConfigError, match=r"scoring\.t_sampling='uniform' must be one of"):
         run_score(cfg)
     assert not (tmp_path / "bank").exists()
+
+
+def test_stratified_matches_a_slow_reference():
+    """Draw i of `stratified`: the generator of (seed, source, i) yields the iid timestep,
+    the noise, then one float64 uniform u; t_i = lo + floor((i + u) / N * M), clamped to the
+    stratum. Written out here step by step, independently of draw_noise."""
+    import math
+
+    from distill.scoring.relevance import stable_seed, stratum_bounds
+
+    lo, hi, n, shape = 100, 700, 8, (2, 3, 3)
+    ts, _ = draw_noise(5, "img/7.png", n, shape, lo, hi, "stratified")
+    m = hi - lo + 1
+    for i in range(n):
+        g = torch.Generator().manual_seed(stable_seed(5, "img/7.png", i))
+        torch.randint(lo, hi + 1, (1,), generator=g)
+        torch.randn(shape, generator=g)
+        u = (i + float(torch.rand(1, generator=g, dtype=torch.float64))) / n
+        a, b = stratum_bounds(i, n, lo, hi)
+        assert int(ts[i]) == min(max(lo + math.floor(u * m), a), b)

@@ -87,8 +87,12 @@ def test_rded_factor_follows_the_set():
 def test_rded_factor_guess_for_foreign_folders_warns(caplog):
     with caplog.at_level(logging.WARNING):
         assert rded_factor(None, None, 10, 224) == 2 and rded_factor(None, None, 50, 224) == 1
-        assert rded_factor(None, None, 10, 32) == 1
-    assert "records no assembly" in caplog.text
+        assert rded_factor(None, None, 10, 32) == 1 and rded_factor(None, None, 11, 224) == 1
+        assert rded_factor(None, None, 10, 128) == 2 and rded_factor(None, None, 10, 127) == 1
+    assert caplog.messages[0] == (
+        "the distilled folder records no assembly (no set.json or manifest.csv): assuming "
+        "factor 2 (the paper's rule for IPC 10 at 224 px); set aug.factor to be sure"
+    )
 
 
 def test_augmentation_defaults_are_derived():
@@ -162,6 +166,9 @@ def test_load_distilled_reads_the_assembly(folders, tmp_path):
         (10, 200, 2000, "tinyimagenet", 100),  # Tiny-ImageNet: 100 at every IPC
         (50, 200, 10000, "tinyimagenet", 100),
         (100, 10, 1000, "", 100),
+        (2, 10, 100, "", 50),  # RDED defines IPC 1, 10, 50: IPC 2-10 take IPC 10's
+        (11, 10, 1000, "", 100),
+        (1, 10, 1, "", 1),
         (10, 10, 30, "", 30),  # never more than the set holds
     ],
 )

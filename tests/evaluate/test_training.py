@@ -11,6 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from distill.runtime import EndSpawnedGroup
 from evaluate.augment import BatchAugment, normalize
 from evaluate.data import EpochBatches, ImageStore, StoreDataset
 from evaluate.losses import kd_kl_loss
@@ -68,7 +69,7 @@ def trainer(tmp_path: Path, epochs: int, callbacks=(), **kw) -> L.Trainer:
         enable_progress_bar=False,
         enable_model_summary=False,
         logger=False,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, EndSpawnedGroup()],
         **kw,
     )
 
