@@ -58,6 +58,29 @@ def tiny_backend(tiny_model_dir):
     return DiffusionBackend.load(str(tiny_model_dir), dtype="fp32")
 
 
+def scoring_cfg(**kw):
+    """A Stage I ``scoring`` node for unit tests (32-px patches, 2 draws, fixed shapes)."""
+    from omegaconf import OmegaConf
+
+    base = dict(
+        t_range=[0.1, 0.7],
+        num_draws=2,
+        seed=0,
+        prompt="An image of {name}",
+        null_prompt="An image of .",
+        patch=32,
+        stride=8,
+        topk=1,
+        unet_batch=16,
+        vae_batch=4,
+        batch_size=4,
+        fixed_shapes=True,
+        num_threads=None,
+    )
+    base.update(kw)
+    return OmegaConf.create(base)
+
+
 def load_benchmark(name: str):
     """A script from benchmarks/ (not a package) as a module, for testing its pieces."""
     import importlib.util

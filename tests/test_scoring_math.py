@@ -5,7 +5,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from distill.errors import ConfigError
 from distill.scoring.module import ScoringModule, patch_geometry
@@ -19,6 +18,7 @@ from distill.scoring.relevance import (
     relevance_maps,
     timestep_bounds,
 )
+from tests.conftest import scoring_cfg
 
 
 def reference_relevance(backend, pixels, class_prompts, null_prompt, t, eps):
@@ -184,25 +184,6 @@ def test_box_to_original(box, resized, original, expect):
     got = box_to_original(box, resized, original)
     assert got == expect
     assert 0 <= got[0] < got[2] <= original[0] and 0 <= got[1] < got[3] <= original[1]
-
-
-def scoring_cfg(**kw):
-    base = dict(
-        t_range=[0.1, 0.7],
-        num_draws=2,
-        seed=0,
-        prompt="An image of {name}",
-        null_prompt="An image of .",
-        patch=32,
-        stride=8,
-        topk=1,
-        unet_batch=16,
-        vae_batch=4,
-        fixed_shapes=True,
-        num_threads=None,
-    )
-    base.update(kw)
-    return OmegaConf.create(base)
 
 
 @pytest.mark.parametrize(

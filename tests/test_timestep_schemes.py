@@ -24,7 +24,7 @@ from distill.scoring.relevance import (
     stratum_bounds,
 )
 from distill.scoring.stage import score_spec
-from tests.conftest import compose
+from tests.conftest import compose, scoring_cfg
 
 SHAPE = (4, 3, 5)
 # (lo, hi, N): the default range, N = 1, lo == hi, N > hi - lo + 1, N == hi - lo + 1, odd M.
@@ -173,33 +173,15 @@ def test_bad_value_is_a_config_error(bad):
         draw_noise(0, "a", 2, SHAPE, 100, 700, bad)
 
 
-def scoring_cfg(**kw):
-    base = dict(
-        t_range=[0.1, 0.7],
-        num_draws=4,
-        seed=0,
-        prompt="An image of {name}",
-        null_prompt="An image of .",
-        patch=32,
-        stride=8,
-        topk=1,
-        unet_batch=16,
-        vae_batch=4,
-        batch_size=4,
-        fixed_shapes=True,
-        num_threads=None,
-    )
-    base.update(kw)
-    return OmegaConf.create(base)
-
-
 STUB_BACKEND = SimpleNamespace(num_train_timesteps=1000, vae_factor=8)
 CLASSES = [ClassInfo(0, "a", "apple")]
 
 
 @pytest.mark.parametrize("scheme", T_SAMPLING)
 def test_scoring_module_threads_the_scheme(scheme):
-    cfg = scoring_cfg() if scheme == "iid" else scoring_cfg(t_sampling=scheme)
+    cfg = (
+        scoring_cfg(num_draws=4) if scheme == "iid" else scoring_cfg(num_draws=4, t_sampling=scheme)
+    )
     m = ScoringModule(STUB_BACKEND, CLASSES, cfg, 64)
     t, eps = m.draws(["a/1", "a/2"], SHAPE)
     for b, src in enumerate(["a/1", "a/2"]):
@@ -209,7 +191,7 @@ def test_scoring_module_threads_the_scheme(scheme):
 
 def test_scoring_module_rejects_a_bad_scheme():
     with pytest.raises(ConfigError, match=r"scoring\.t_sampling='bogus'"):
-        ScoringModule(STUB_BACKEND, CLASSES, scoring_cfg(t_sampling="bogus"), 64)
+        ScoringModule(STUB_BACKEND, CLASSES, scoring_cfg(num_draws=4, t_sampling="bogus"), 64)
 
 
 class StubBackend:
