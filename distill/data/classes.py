@@ -114,8 +114,9 @@ def resolve_class_order(
 
     Args:
         classes: ``data.classes`` as written (None: the dataset's own list).
-        order: ``data.class_order``: ``sorted`` (sorted keys: for WordNet IDs the ImageNet
-            index order and an ImageFolder's), ``listed`` (as written), a key of ``named``
+        order: ``data.class_order``: ``sorted`` (the keys in sorted order: for WordNet IDs the
+            ImageNet index order and an ImageFolder's; a list written in another order is an
+            error, never silently re-sorted), ``listed`` (as written), a key of ``named``
             (e.g. ImageWoof's ``minimax``), or None (as written, named ``sorted`` when it is).
         named: ``data.class_orders``: name -> the keys in that order (a permutation of
             ``classes``).
@@ -137,7 +138,14 @@ def resolve_class_order(
             )
         return theirs, str(order)
     if order == SORTED:
-        return (sorted(keys) if keys is not None else None), SORTED
+        if keys is not None and keys != sorted(keys):
+            # Sorting a list someone wrote in another order would relabel it silently.
+            raise ConfigError(
+                f"data.class_order=sorted but data.classes is listed in another order "
+                f"({keys[:4]} ...): set data.class_order=listed to keep that order, or list "
+                "the classes sorted"
+            )
+        return keys, SORTED
     if order in (None, LISTED):
         if keys is None:
             return None, NATIVE

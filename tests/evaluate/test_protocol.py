@@ -431,7 +431,9 @@ def test_resolve_class_order_rules():
 
     assert resolve_class_order(["b", "a"], None) == (["b", "a"], "listed")
     assert resolve_class_order(["a", "b"], None) == (["a", "b"], "sorted")
-    assert resolve_class_order(["b", "a"], "sorted") == (["a", "b"], "sorted")
+    assert resolve_class_order(["a", "b"], "sorted") == (["a", "b"], "sorted")
+    with pytest.raises(ConfigError, match="set data.class_order=listed"):
+        resolve_class_order(["b", "a"], "sorted")  # never re-sorted silently
     assert resolve_class_order(None, None) == (None, "native")
     assert resolve_class_order(["a", "b"], "x", {"x": ["b", "a"]}) == (["b", "a"], "x")
     with pytest.raises(ConfigError, match="not a permutation"):
