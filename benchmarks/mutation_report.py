@@ -14,15 +14,60 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Protocol drifts that mutmut's operators do not write, made by hand: each replaces one piece
+# of a module and must make the named tests fail (the issue found the first two passing).
+HAND_MUTANTS = [
+    (
+        "clusters ranked by mean relevance instead of median",
+        "distill/clustering.py",
+        "medians = {c: float(np.median(scores[assign == c])) for c in used}",
+        "medians = {c: float(np.mean(scores[assign == c])) for c in used}",
+        ["tests/test_selection.py"],
+    ),
+    (
+        "RDED's half cosine replaced by a full cosine",
+        "evaluate/schedule.py",
+        "return 0.5 * (1.0 + math.cos(math.pi * e / n / 2))",
+        "return 0.5 * (1.0 + math.cos(math.pi * e / n))",
+        ["tests/evaluate/test_protocol.py"],
+    ),
+    (
+        "k-means on L2-normalised features by default",
+        "distill/clustering.py",
+        "    normalize: bool = False,\n) -> dict:",
+        "    normalize: bool = True,\n) -> dict:",
+        ["tests/evaluate/test_protocol.py"],
+    ),
+    (
+        "best top-1 over every validation from 0.8 E on (the one after 240 of 300 included)",
+        "evaluate/protocol.py",
+        "return math.floor(float(best_after) * int(epochs)) + 2",
+        "return math.ceil(float(best_after) * int(epochs))",
+        ["tests/evaluate/test_protocol.py"],
+    ),
+    (
+        "2x2 tiles at low resolution (tile_min_size ignored)",
+        "distill/materialize.py",
+        "if concat_max_ipc > 0 and image_size < tile_min_size:",
+        "if False:",
+        ["tests/evaluate/test_protocol.py"],
+    ),
+]
 KILLED = {1: "killed", 3: "killed", 36: "timeout", 37: "caught by type check"}
 KILLED.update({-24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout"})
 TARGET = 90.0
@@ -124,8 +169,8 @@ def build_report(results: dict, reasons: dict, diff=mutant_diff) -> tuple[str, d
         f"Target: at least {TARGET:.0f} % killed per module; every survivor that stays has its "
         "one-line reason (`benchmarks/mutation_survivors.toml`).",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, Python "
-        f"{platform.python_version()}; written {time.strftime('%Y-%m-%d %H:%M')}.",
+        f"Machine: {_machine()}, Python {platform.python_version()}; written "
+        f"{time.strftime('%Y-%m-%d %H:%M')}.",
         "",
         "| module | mutants | killed | survivors | justified | score | >= 90 % |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -148,6 +193,65 @@ def build_report(results: dict, reasons: dict, diff=mutant_diff) -> tuple[str, d
     return "\n".join(md) + "\n", {"overall": round(overall, 1), "modules": summary}
 
 
+def _machine() -> str:
+    try:
+        from distill.runtime import machine_name
+
+        return machine_name()
+    except Exception:  # the report still works without the project importable
+        return platform.processor() or platform.machine()
+
+
+def run_hand_mutants(mutants=HAND_MUTANTS) -> list[dict]:
+    """Apply each hand-made mutant to the working tree, run its tests, restore the file."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled")
+    out = []
+    for what, rel, old, new, tests in mutants:
+        path = ROOT / rel
+        text = path.read_text()
+        if text.count(old) != 1:
+            out.append({"what": what, "file": rel, "result": "not applied (code changed)"})
+            continue
+        try:
+            path.write_text(text.replace(old, new))
+            r = subprocess.run(
+                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+        finally:
+            path.write_text(text)
+        failed = [ln.split(" ")[1] for ln in r.stdout.splitlines() if ln.startswith("FAILED ")]
+        out.append(
+            {
+                "what": what,
+                "file": rel,
+                "result": "killed" if r.returncode != 0 else "survived",
+                "by": failed[:3],
+            }
+        )
+    return out
+
+
+def hand_section(results: list[dict]) -> list[str]:
+    md = [
+        "",
+        "## Hand-made protocol drifts",
+        "",
+        "Changes mutmut does not write, applied one at a time to the working tree with the",
+        "named tests run against them (`benchmarks/mutation_report.py`, `HAND_MUTANTS`):",
+        "",
+        "| drift | file | result | failing test |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in results:
+        by = ", ".join(f"`{t}`" for t in r.get("by", [])) or "-"
+        md.append(f"| {r['what']} | `{r['file']}` | {r['result']} | {by} |")
+    return md
+
+
 def _order(name: str) -> tuple:
     base, _, n = name.rpartition("__mutmut_")
     return (base, int(n) if n.isdigit() else 0)
@@ -157,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "results" / "mutation.md")
     p.add_argument("--reasons", type=Path, default=ROOT / "benchmarks" / "mutation_survivors.toml")
+    p.add_argument("--no-hand", action="store_true", help="skip the hand-made protocol drifts")
     args = p.parse_args(argv)
     modules = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
     results = read_results(ROOT, modules)
@@ -164,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no mutmut results under mutants/: run `make mutation`", file=sys.stderr)
         return 2
     md, summary = build_report(results, load_reasons(args.reasons))
+    if not args.no_hand:
+        hand = run_hand_mutants()
+        summary["hand_mutants"] = hand
+        md += "\n".join(hand_section(hand)) + "\n"
+        for h in hand:
+            print(f"hand-made: {h['what']}: {h['result']}")
     args.out.write_text(md)
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     for m, s in summary["modules"].items():

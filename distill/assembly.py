@@ -58,12 +58,13 @@ def crop_patch(im: Image.Image, box: tuple[int, int, int, int], size: int) -> Im
     """The patch ``box`` (original pixels) of an image, resized to ``size`` x ``size``."""
     crop = im.crop(box)
     if crop.size != (size, size):
-        crop = crop.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+        crop = crop.resize((size, size), Image.Resampling.BICUBIC)
     return crop
 
 
 def tile(patches: list[Image.Image], tiles: int) -> Image.Image:
-    """Tile ``tiles * tiles`` equal square patches row-major (slot 0 top-left)."""
+    """Tile ``tiles * tiles`` equal square patches row-major (slot 0 top-left); one tile is
+    the patch itself."""
     side = patches[0].size[0]
     canvas = Image.new("RGB", (side * tiles, side * tiles))
     for slot, p in enumerate(patches):
@@ -130,11 +131,11 @@ def write_distilled_set(
             refs = refs_by_class.get(c["index"], [])
             crops = load_crops(source, refs, tile_size)
             cdir = tmp / c["key"]
-            cdir.mkdir(parents=True, exist_ok=True)
+            cdir.mkdir()  # in the fresh temporary folder
             n_img = len(refs) // per_image
             for j in range(n_img):
                 group = list(range(j * per_image, (j + 1) * per_image))
-                img = tile([crops[g] for g in group], tiles) if per_image > 1 else crops[group[0]]
+                img = tile([crops[g] for g in group], tiles)
                 name = f"{j:04d}.{image_format}"
                 img.save(cdir / name)
                 for slot, g in enumerate(group):
@@ -147,7 +148,7 @@ def write_distilled_set(
                             c["name"],
                             r.source,
                             *r.box,
-                            "" if r.score is None else r.score,
+                            r.score,  # None (random and teacher picks) is written empty
                             r.cluster,
                             r.cluster_rank,
                             r.note,

@@ -31,7 +31,8 @@ def kd_kl_loss(
         t2_scale: multiply the loss by T^2.
     """
     t = float(temperature)
-    log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
-    p_teacher = F.softmax(teacher_logits.float() / t, dim=1)
+    # Over the class axis, named: the functional forms' implicit dim is deprecated.
+    log_p_student = torch.log_softmax(student_logits.float() / t, 1)
+    p_teacher = torch.softmax(teacher_logits.float() / t, 1)
     loss = F.kl_div(log_p_student, p_teacher, reduction="batchmean")
     return loss * (t * t) if t2_scale else loss

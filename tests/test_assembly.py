@@ -145,12 +145,30 @@ def test_write_distilled_set_files_and_records(tmp_path):
         "format": SET_FORMAT, "ipc": 1, "tiles": 1, "patches_per_image": 1, "image_size": 32,
         "num_classes": 3, "images": 3,
     }  # fmt: skip
-    # Rewriting replaces the set whole and leaves no temporary folder behind.
+    # Rewriting replaces the set whole (and a stale copy a killed rewrite left) and leaves no
+    # temporary folder behind.
+    (out.parent / ".ipc1.old" / "cat_dir").mkdir(parents=True)
     write_distilled_set(out, classes[:1], {0: refs[0][:1]}, src, ipc=1, tiles=1, image_size=32)
     assert sorted(p.name for p in out.iterdir()) == [
         "cat_dir", "classes.csv", "manifest.csv", "set.json",
     ]  # fmt: skip
     assert [p.name for p in out.parent.iterdir()] == ["ipc1"]
+
+    class Watched(ArraySource):
+        """While the set is being written, the only new entry beside it is a hidden folder
+        named after it (same filesystem: the final rename is atomic; hidden: no reader takes
+        a half-written set for one)."""
+
+        seen: list[list[str]] = []
+
+        def load(self, i):
+            self.seen.append(sorted(p.name for p in out.parent.iterdir()))
+            return super().load(i)
+
+    watched = Watched("t", "train", src.classes, src.items, [], None, arrays=src.arrays)
+    write_distilled_set(out, classes, refs, watched, ipc=1, tiles=1, image_size=32)
+    for names in watched.seen:
+        assert names[0].startswith(".ipc1.") and names[1:] == ["ipc1"], names
 
     class Broken(ArraySource):
         def load(self, i):
@@ -162,3 +180,5 @@ def test_write_distilled_set_files_and_records(tmp_path):
     bad.items = [SourceItem("s/0", 0, (64, 64), path="/data/cat/0.jpg")] + src.items[1:]
     with pytest.raises(DataError, match="cannot read /data/cat/0.jpg for a distilled patch"):
         write_distilled_set(tmp_path / "x", classes, refs, bad, ipc=1, tiles=1, image_size=32)
+    assert not (tmp_path / "x").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".x.")]  # cleaned up

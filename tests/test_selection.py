@@ -1,5 +1,7 @@
 """Stage II selection rules on hand-made banks, with exact expected picks."""
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -135,7 +137,7 @@ def test_cluster_class_clamps_centres():
     assert res["num_centers"] == 0 and res["ranked"] == []
 
 
-def test_cluster_spec_hashes_the_settings_that_change_clusters():
+def test_cluster_spec_hashes_the_settings_that_change_clusters(caplog):
     """The cluster stage's hash covers its features' hash and every setting that moves a
     cluster (centres, iterations, seed, normalisation), not top_clusters (a selection
     setting, read at assembly)."""
@@ -145,7 +147,8 @@ def test_cluster_spec_hashes_the_settings_that_change_clusters():
 
     cfg = OmegaConf.create(
         {
-            "cluster": {"kind": "kmeans", "num_centers": 32, "iterations": 20, "seed": 3,
+            "seed": 3,
+            "cluster": {"kind": "kmeans", "num_centers": 32, "iterations": 20, "seed": "${seed}",
                         "normalize": False, "top_clusters": 10, "use_gpu": "auto"},
             "selector": {"kind": "diffusion"},
         }
@@ -157,8 +160,13 @@ def test_cluster_spec_hashes_the_settings_that_change_clusters():
         "cluster": {"num_centers": 32, "iterations": 20, "seed": 3, "normalize": False},
     }
     assert uses_clusters(cfg, "cluster")
-    assert not uses_clusters(OmegaConf.merge(cfg, {"cluster": {"kind": "none"}}), "cluster")
-    assert not uses_clusters(OmegaConf.merge(cfg, {"selector": {"kind": "random"}}), "cluster")
+    with caplog.at_level(logging.INFO, logger="distill.clustering"):
+        assert not uses_clusters(OmegaConf.merge(cfg, {"cluster": {"kind": "none"}}), "cluster")
+        assert not uses_clusters(OmegaConf.merge(cfg, {"selector": {"kind": "random"}}), "dift")
+    assert caplog.messages == [
+        "cluster: not needed (cluster=none, selector=diffusion)",
+        "dift: not needed (cluster=kmeans, selector=random)",
+    ]
 
 
 def test_quota_rules_at_their_edges():
