@@ -115,13 +115,11 @@ def load_teacher(
     # A teacher.pt says what it is: a wrong architecture or class order is named as such,
     # before any shape mismatch could hide it; its input size builds the right head.
     _check_meta(meta, spec, name, keys, checkpoint, dataset, class_order)
-    if not spec.get("imagenet_outputs"):  # 1000-way outputs are mapped by WordNet ID instead
+    # A file that lists its classes was checked key by key above; for one that does not (RDED's,
+    # a state dict) the declared order is all there is. 1000-way outputs are picked by WordNet ID.
+    if meta.get("classes") is None and not spec.get("imagenet_outputs"):
         check_class_order(
-            spec.get("class_order") or meta.get("class_order"),
-            class_order or "native",
-            name,
-            checkpoint,
-            dataset,
+            spec.get("class_order"), class_order or "native", name, checkpoint, dataset
         )
     size = int(spec.get("input_size") or meta.get("input_size") or student_size)
     model = build_model(spec, outputs, size, "teacher")

@@ -486,6 +486,9 @@ def test_teacher_pt_of_another_order_is_refused(teacher_ckpt):
     flipped = [ClassInfo(i, k, k) for i, k in enumerate(reversed(CLASSES))]
     with pytest.raises(ModelError, match="class order differs"):
         load_teacher(cfg, flipped, str(teacher_ckpt), class_order="listed")
+    # The same keys in the same order under another name: the keys decide, it loads.
+    same = [ClassInfo(i, k, k) for i, k in enumerate(CLASSES)]
+    assert load_teacher(cfg, same, str(teacher_ckpt), class_order="listed").name == "convnet3"
 
 
 # ----------------------------------------------------------------------------- 5. clustering
