@@ -232,3 +232,45 @@ def test_teacher_keeps_its_own_input_size(folders, teacher_ckpt, tmp_path):
     res = _run(folders, tmp_path, **{"input.size": 64, "teacher.checkpoint": str(teacher_ckpt)})
     assert res["input_size"] == 64 and res["complete"]
     assert res["teacher_acc"] is not None
+
+
+def test_load_distilled_reads_the_assembly(folders, tmp_path):
+    """set.json, else manifest.csv, tells the evaluation how a set was tiled."""
+    import shutil
+
+    from distill.data import ClassInfo
+    from evaluate.data import load_distilled, read_set_info
+    from tests.evaluate.conftest import CLASSES
+
+    src = folders["run_a"] / "distilled" / "ipc2"
+    p = tmp_path / "ipc2"
+    shutil.copytree(src, p)
+    classes = [ClassInfo(i, k, k) for i, k in enumerate(CLASSES)]
+    (p / "set.json").write_text(json.dumps({"tiles": 2, "class_order": "sorted"}))
+    ds = load_distilled(p, classes, 32)
+    assert ds.tiles == 2 and ds.info["class_order"] == "sorted"
+    (p / "set.json").unlink()
+    rows = "file,slot\n" + "".join(f"a/{i}.png,{s}\n" for i in range(2) for s in range(4))
+    (p / "manifest.csv").write_text(rows)
+    assert read_set_info(p)[1] == 2
+    (p / "manifest.csv").write_text("file,slot\na/0.png,0\n")
+    assert read_set_info(p)[1] == 1
+    (p / "manifest.csv").unlink()
+    assert read_set_info(p) == ({}, None)
+
+
+def test_teacher_pt_of_another_order_is_refused(teacher_ckpt):
+    """A teacher.pt records its classes and order; data in another order is refused."""
+    from distill.data import ClassInfo
+    from evaluate.teacher import load_teacher
+    from tests.evaluate.conftest import CLASSES
+
+    blob = torch.load(teacher_ckpt, weights_only=False)
+    assert blob["meta"]["class_order"] in ("sorted", "native")
+    cfg = compose_eval(["teacher=convnet3", "teacher.kwargs.width=8", "input.size=32"])
+    flipped = [ClassInfo(i, k, k) for i, k in enumerate(reversed(CLASSES))]
+    with pytest.raises(ModelError, match="class order differs"):
+        load_teacher(cfg, flipped, str(teacher_ckpt), class_order="listed")
+    # The same keys in the same order under another name: the keys decide, it loads.
+    same = [ClassInfo(i, k, k) for i, k in enumerate(CLASSES)]
+    assert load_teacher(cfg, same, str(teacher_ckpt), class_order="listed").name == "convnet3"
