@@ -3,8 +3,12 @@
 RDED's student pipeline (`validation/main.py`) is ShufflePatches -> RandomResizedCrop ->
 horizontal flip, per image on the CPU. Here the random parameters are drawn per image on the
 CPU from a generator seeded by (seed, epoch, step, rank) and the pixels move once, batched:
-one ``grid_sample`` does crop, resize and flip together. A resumed run therefore draws the
-very same augmentations as an uninterrupted one.
+one ``grid_sample`` does crop, resize and flip together, equal to torchvision's crop then
+bilinear resize (tests/evaluate/test_augment.py checks it image by image). RDED resizes with
+antialiasing, which only acts when shrinking: a student's crop never shrinks (distilled sets
+are decoded at the input size), but a teacher's may (its 256-px squares cropped to 224), and
+is then resized without it, a small departure from torchvision's reference recipe. A resumed
+run draws the very same augmentations as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -136,11 +140,21 @@ class BatchAugment:
             return x
         theta = theta.to(device=x.device, dtype=x.dtype)
         grid = F.affine_grid(theta, [b, x.shape[1], self.size, self.size], align_corners=False)
-        # Crops lie inside the image, but sample points of an upscaled crop reach half a
-        # pixel past the outer pixel centres: clamp there as a resize does ("border").
-        # Translations (pad mode) sit on pixel centres and fill the outside with zeros.
-        padding = "zeros" if self.pad > 0 else "border"
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+        if self.pad > 0:
+            # Translations sit on pixel centres and fill the outside with zeros.
+            return F.grid_sample(
+                x, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
+        # An upscaled crop's outer sample points reach half a pixel past its edge pixels'
+        # centres. torchvision crops first and then resizes, so there they repeat the crop's
+        # edge pixels; clamp each image's grid to its crop's outer pixel centres to match,
+        # rather than blend in the pixels around the crop.
+        lo_x, hi_x = (2 * left + 1) / w - 1, (2 * (left + bw) - 1) / w - 1
+        lo_y, hi_y = (2 * top + 1) / h - 1, (2 * (top + bh) - 1) / h - 1
+        lo = torch.stack([lo_x, lo_y], 1).to(grid).view(b, 1, 1, 2)
+        hi = torch.stack([hi_x, hi_y], 1).to(grid).view(b, 1, 1, 2)
+        grid = torch.maximum(torch.minimum(grid, hi), lo)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def shuffle_strips(x: torch.Tensor, perms: list[np.ndarray], dim: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from evaluate.cutmix import apply_cutmix, mix_targets, sample_cutmix
@@ -88,3 +89,31 @@ def test_cutmix_images_and_labels():
     for i in range(b):
         want = p.lam * onehot[i] + (1 - p.lam) * onehot[int(p.perm[i])]
         assert torch.allclose(mixed_t[i], want)
+
+
+def reference_cutmix(batch, height, width, beta, rng):
+    """RDED's rand_bbox (validation/utils.py) on the same draws: lam ~ Beta, a box of sides
+    sqrt(1 - lam) times the image's around a uniform centre, clipped; then the partners."""
+    lam0 = rng.beta(beta, beta)
+    cut = math.sqrt(1.0 - lam0)
+    ch, cw = int(height * cut), int(width * cut)
+    cy, cx = int(rng.integers(height)), int(rng.integers(width))
+    y0, y1 = min(max(cy - ch // 2, 0), height), min(max(cy + ch // 2, 0), height)
+    x0, x1 = min(max(cx - cw // 2, 0), width), min(max(cx + cw // 2, 0), width)
+    perm = rng.permutation(batch)
+    return (y0, y1, x0, x1), 1.0 - (y1 - y0) * (x1 - x0) / (height * width), perm
+
+
+@pytest.mark.parametrize("height,width", [(32, 32), (31, 17), (7, 45), (224, 224)])
+def test_cutmix_draws_match_rdeds_rand_bbox(height, width):
+    for seed in range(40):
+        p = sample_cutmix(5, height, width, 1.0, np.random.default_rng(seed))
+        box, lam, perm = reference_cutmix(5, height, width, 1.0, np.random.default_rng(seed))
+        assert p.box == box and p.lam == pytest.approx(lam, abs=1e-12)
+        assert p.perm.tolist() == perm.tolist()
+    assert sample_cutmix(2, 8, 8, 1.0, np.random.default_rng(0)) is not None  # 2 images mix
+    assert sample_cutmix(1, 8, 8, 1.0, np.random.default_rng(0)) is None
+    assert sample_cutmix(4, 8, 8, 0.0, np.random.default_rng(0)) is None
+    assert apply_cutmix(torch.ones(2, 1, 2, 2), None).sum() == 8 and mix_targets(
+        torch.eye(2), None
+    ).equal(torch.eye(2))

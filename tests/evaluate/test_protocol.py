@@ -494,3 +494,55 @@ def test_teacher_of_other_numerics_is_noted(caplog):
         _note_numerics({**here, "threads": here["threads"] + 1}, "t.pt")
     assert "other numerics" in caplog.text and f"threads {here['threads'] + 1} ->" in caplog.text
     assert set(here) >= {"torch", "threads", "cpu_capability", "machine"}
+
+
+def test_schedule_factor_reads_the_config_node():
+    """The schedule node as Classifier receives it: every key reaches lr_factor, absent or
+    null keys take the defaults (RDED's half cosine, no warm-up, x0.1 every 30 epochs)."""
+    from evaluate.schedule import schedule_factor
+
+    full = {"name": "step", "warmup_epochs": 2, "warmup_start": 0.1, "step_epochs": 3, "gamma": 0.5}
+    for e in range(12):
+        assert schedule_factor(full, e, 12) == pytest.approx(
+            lr_factor(e, 12, "step", warmup=2, warmup_start=0.1, step_epochs=3, gamma=0.5)
+        )
+    assert schedule_factor(full, 1, 12) == pytest.approx(0.55)  # warm-up from 0.1
+    assert schedule_factor(full, 5, 12) == pytest.approx(0.5)  # e = 3 after warm-up
+    for e in (0, 37, 99):
+        assert schedule_factor({}, e, 100) == pytest.approx(lr_factor(e, 100, "rded_cosine"))
+    nulls = {"name": "step", "warmup_epochs": None, "step_epochs": None}
+    assert schedule_factor(nulls, 30, 90) == pytest.approx(0.1)
+    assert schedule_factor({"name": "step"}, 60, 90) == pytest.approx(0.01)
+    assert schedule_factor({"name": "linear", "warmup_epochs": 4}, 0, 10) == pytest.approx(0.01)
+    # One main-schedule epoch left, and 1-epoch steps: no division by a clamped 2.
+    assert lr_factor(6, 6, "linear", warmup=5) == pytest.approx(0.0)
+    assert lr_factor(3, 10, "step", step_epochs=1, gamma=0.5) == pytest.approx(0.125)
+    with pytest.raises(ConfigError, match="use one of rded_cosine, cosine, linear, step, constant"):
+        schedule_factor({"name": "poly"}, 0, 10)
+
+
+def test_input_sizes_and_statistics_by_dataset():
+    """input_size: input.size, else the dataset's native side (32 CIFAR and Fashion-MNIST,
+    64 Tiny-ImageNet), else 224; val_resize: input.val_resize, else size // 7 * 8;
+    stats: ImageNet's unless a node (or the checkpoint's fallback) says otherwise."""
+    from evaluate.protocol import IMAGENET_MEAN, IMAGENET_STD, input_size, stats
+
+    want = {"cifar10": 32, "cifar100": 32, "tinyimagenet": 64, "fashion_mnist": 32}
+    for data, size in {**want, "imagewoof": 224, "folder": 224}.items():
+        c = compose_eval([f"data={data}"])
+        assert input_size(c) == size and val_resize(c) == size // 7 * 8
+    c = compose_eval(["data=imagewoof", "input.size=128", "input.val_resize=150"])
+    assert input_size(c) == 128 and val_resize(c) == 150
+    assert stats(None) == (IMAGENET_MEAN, IMAGENET_STD)
+    fb = ([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    assert stats(None, fb) == fb
+    node = OmegaConf.create({"mean": [0.1, 0.2, 0.3], "std": [1.0, 2.0, 0.5]})
+    assert stats(node, fb) == ([0.1, 0.2, 0.3], [1.0, 2.0, 0.5])
+    for bad in (
+        {"mean": [0.1, 0.2], "std": [1.0, 1.0, 1.0]},
+        {"mean": [0.1, 0.2, 0.3], "std": [1.0, 1.0]},
+        {"mean": [0.1, 0.2, 0.3, 0.4], "std": [1.0, 1.0, 1.0]},
+        {"mean": [0.1, 0.2, 0.3], "std": [1.0, 0.0, 1.0]},
+    ):
+        with pytest.raises(ConfigError, match="normalize needs 3 means and 3 positive stds"):
+            stats(OmegaConf.create(bad))
