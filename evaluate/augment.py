@@ -130,14 +130,6 @@ class BatchAugment:
         theta[:, 0, 2] = (2 * left + bw) / w - 1
         theta[:, 1, 1] = bh / h
         theta[:, 1, 2] = (2 * top + bh) / h - 1
-        identity = (
-            p.col_perms is None
-            and self.size == h == w
-            and bool((boxes == torch.tensor([0.0, 0.0, h, w])).all())
-            and not p.flips.any()
-        )
-        if identity:
-            return x
         theta = theta.to(device=x.device, dtype=x.dtype)
         grid = F.affine_grid(theta, [b, x.shape[1], self.size, self.size], align_corners=False)
         if self.pad > 0:

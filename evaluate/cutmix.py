@@ -35,8 +35,9 @@ def sample_cutmix(
     cut = np.sqrt(1.0 - lam0)
     cut_h, cut_w = int(height * cut), int(width * cut)
     cy, cx = int(rng.integers(height)), int(rng.integers(width))
-    y0, y1 = int(np.clip(cy - cut_h // 2, 0, height)), int(np.clip(cy + cut_h // 2, 0, height))
-    x0, x1 = int(np.clip(cx - cut_w // 2, 0, width)), int(np.clip(cx + cut_w // 2, 0, width))
+    # The centre lies inside the image, so each edge can only cross its own side.
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
     lam = 1.0 - (y1 - y0) * (x1 - x0) / float(height * width)
     perm = torch.from_numpy(rng.permutation(batch))
     return CutMixParams(perm, (y0, y1, x0, x1), lam)

@@ -53,8 +53,8 @@ def schedule_factor(schedule: dict, epoch: int, epochs: int) -> float:
         epoch,
         epochs,
         str(schedule.get("name", "rded_cosine")),
-        int(schedule.get("warmup_epochs", 0) or 0),
+        int(schedule.get("warmup_epochs") or 0),
         float(schedule.get("warmup_start", 0.01)),
-        int(schedule.get("step_epochs", 30) or 30),
+        int(schedule.get("step_epochs") or 30),
         float(schedule.get("gamma", 0.1)),
     )

@@ -30,7 +30,7 @@ def test_identity_and_resize():
     x = _ramp()
     aug = BatchAugment(8, scale=None, flip=0.0)
     p = aug.sample(2, 8, 8, np.random.default_rng(0))
-    assert torch.equal(aug.apply(x, p), x)
+    torch.testing.assert_close(aug.apply(x, p), x, atol=1e-4, rtol=0)
     up = BatchAugment(16, scale=None, flip=0.0)
     out = up.apply(x, up.sample(2, 8, 8, np.random.default_rng(0)))
     # The whole image as the crop: a plain bilinear resize (edges clamped, not zero-padded).
@@ -117,6 +117,11 @@ def reference_rrc(batch, height, width, scale, ratio, rng):
         (9, 40, (0.9, 1.0), (3 / 4, 4 / 3)),  # too wide for any try: clamped central crop
         (40, 9, (0.9, 1.0), (3 / 4, 4 / 3)),  # too tall
         (16, 16, (0.9, 1.0), (2.0, 3.0)),  # ratios that never fit a square: fallback
+        (9, 41, (0.9, 1.0), (3 / 4, 4 / 3)),  # fallback with an odd margin to halve
+        (41, 9, (0.9, 1.0), (3 / 4, 4 / 3)),
+        (24, 20, (0.3, 0.8), (3 / 4, 4 / 3)),  # an upper scale below 1
+        (4, 4, (0.01, 0.2), (1 / 3, 3.0)),  # sides that round to 0 or 1
+        (3, 4, (0.9, 1.0), (3 / 4, 4 / 3)),  # the image's own ratio at the range's edge
     ],
 )
 def test_rrc_boxes_match_torchvisions_algorithm(height, width, scale, ratio):
@@ -223,3 +228,27 @@ def test_normalize_per_channel():
     mean, std = torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0.2, 0.25, 4.0])
     want = torch.stack([(x[:, c] - mean[c]) / std[c] for c in range(3)], 1)
     torch.testing.assert_close(normalize(x, mean, std), want)
+
+
+def test_apply_flips_full_images_keeps_dtype_and_pad_one():
+    """Whole-image boxes still flip the flipped images; float64 batches stay float64; a pad
+    of one pixel is pad mode (shifts of -1, 0, 1 with zeros), not a crop."""
+    x = _ramp(3)
+    aug = BatchAugment(8, scale=(1.0, 1.0))
+    p = _params([[0, 0, 8, 8]] * 3, [True, False, True])
+    out = aug.apply(x, p)
+    torch.testing.assert_close(
+        out, torch.stack([x[0].flip(-1), x[1], x[2].flip(-1)]), atol=1e-4, rtol=0
+    )
+    x64 = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    p64 = BatchAugment(6, scale=(0.5, 1.0)).sample(2, 8, 8, np.random.default_rng(0))
+    got = BatchAugment(6, scale=(0.5, 1.0)).apply(x64, p64)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, reference_apply(x64, p64, 6, pad=0), atol=1e-9, rtol=0)
+    one = BatchAugment(8, pad=1)
+    p1 = one.sample(6, 8, 8, np.random.default_rng(4))
+    assert set(p1.boxes[:, :2].ravel()) <= {-1.0, 0.0, 1.0} and (p1.boxes[:, 2:] == 8).all()
+    x = torch.rand(6, 3, 8, 8)
+    torch.testing.assert_close(
+        one.apply(x, p1), reference_apply(x, p1, 8, pad=1), atol=1e-5, rtol=0
+    )
