@@ -1,8 +1,13 @@
 """Decoding any image a dataset may hold into 8-bit RGB, and the pipeline's resize.
 
-Real folders hold CMYK JPEGs, 16-bit PNGs, palettes with transparency and truncated files.
-Everything convertible becomes RGB here; everything else raises `UnreadableImage` with a
-reason, which the data layer records in `skipped.csv` instead of dropping silently.
+Real folders hold CMYK JPEGs, 16-bit PNGs, palettes with transparency, truncated files,
+phone photos stored sideways with an EXIF orientation tag, and the odd 400-megapixel scan.
+Everything convertible becomes RGB here, in the frame a viewer shows (the orientation applied;
+sizes read from headers are reported in that frame too, so boxes match what a person sees);
+everything else raises `UnreadableImage` with a reason, which the data layer records in
+`skipped.csv` instead of dropping silently or ending the run.
+
+`DECODE_RULES` names these rules; the bank hashes it, so a change of decoding is a new bank.
 """
 
 from __future__ import annotations
@@ -27,28 +32,89 @@ IMAGE_EXTENSIONS = (
 )
 
 
+# Hashed into every bank (distill.scoring.stage.score_spec): scores made under other decoding
+# rules (e.g. before EXIF orientation was applied) are not the same bank.
+DECODE_RULES = {"exif_orientation": "applied", "alpha": "over white", "frames": "first"}
+
+# EXIF orientation tag -> the transpose that shows the image as a viewer does.
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_AXES = (5, 6, 7, 8)
+
+
 class UnreadableImage(Exception):
     """An image file that cannot be turned into pixels; the message says why."""
+
+
+def orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened, not yet decoded image; 1 when absent.
+
+    Read from the header only, so the scan stays cheap, and the same way for `read_size`
+    and `load_rgb` (a size and a decode that disagreed would misplace every box). A PNG's
+    eXIf chunk counts only when it precedes the pixel data (PIL would decode the whole file
+    to find a later one).
+    """
+    try:
+        if im.format == "PNG":
+            raw = im.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = im.getexif()
+        value = int(exif.get(0x0112, 1))
+    except Exception:  # a damaged EXIF block: show the pixels as stored
+        return 1
+    return value if value in _ORIENT else 1
+
+
+def _pixel_limit_reason(w: int, h: int, max_pixels: int | None) -> str | None:
+    if max_pixels and w * h > max_pixels:
+        return (
+            f"too large ({w}x{h} = {w * h / 1e6:.0f} megapixels; "
+            f"data.max_pixels={int(max_pixels):,})"
+        )
+    return None
 
 
 def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def read_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding pixels."""
+def read_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) as displayed (EXIF orientation applied), from the header alone.
+
+    An image above ``max_pixels`` (or above PIL's decompression-bomb guard) raises
+    `UnreadableImage` naming its size: one huge file is skipped, never the end of a run.
+    """
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise UnreadableImage("empty file (0 bytes)")
         with Image.open(path) as im:
-            return im.size
+            w, h = im.size
+            if orientation(im) in _SWAPS_AXES:
+                w, h = h, w
     except UnreadableImage:
         raise
+    except Image.DecompressionBombError as e:
+        raise UnreadableImage(f"too large for PIL's decompression-bomb guard: {e}") from None
     except UnidentifiedImageError:
         raise UnreadableImage("not a recognised image format") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise UnreadableImage(f"cannot read header: {e}") from None
+    reason = _pixel_limit_reason(w, h, max_pixels)
+    if reason:
+        raise UnreadableImage(reason)
+    return w, h
 
 
 def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -90,17 +156,20 @@ def load_rgb(path: str | Path) -> Image.Image:
     """Decode a whole file into RGB, raising `UnreadableImage` for anything broken.
 
     Truncated files are errors here (PIL's LOAD_TRUNCATED_IMAGES stays off): a half-grey
-    image would be scored as if it were real.
+    image would be scored as if it were real. The EXIF orientation is applied (see
+    `orientation`), so the pixels are those a viewer shows and match `read_size`.
     """
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise UnreadableImage("empty file (0 bytes)")
         with Image.open(path) as im:
+            turn = _ORIENT.get(orientation(im))
             im.load()
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
-            return to_rgb(im).copy()
+            rgb = to_rgb(im)
+            return rgb.transpose(turn) if turn is not None else rgb.copy()
     except UnreadableImage:
         raise
     except UnidentifiedImageError:

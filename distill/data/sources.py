@@ -124,12 +124,19 @@ def _subsample(files: list[Any], n: int | None, seed: int, key: str) -> list[Any
     return [files[i] for i in keep]
 
 
-def _scan_sizes(paths: list[str], min_side: int, workers: int = 16) -> list[tuple[int, int] | str]:
-    """Read each file's header: its (width, height), or a reason it can't be used."""
+# Default pixel limit of a file-backed source (data.max_pixels): 64 MP is above every ImageNet
+# photo and well below PIL's decompression-bomb guard (179 MP); one decode of it is ~190 MB.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+def _scan_sizes(
+    paths: list[str], min_side: int, max_pixels: int | None = None, workers: int = 16
+) -> list[tuple[int, int] | str]:
+    """Read each file's header: its displayed (width, height), or a reason it can't be used."""
 
     def one(p: str) -> tuple[int, int] | str:
         try:
-            w, h = read_size(p)
+            w, h = read_size(p, max_pixels)
         except UnreadableImage as e:
             return str(e)
         if min(w, h) < min_side:
@@ -180,6 +187,13 @@ def _resolve_names(
     return [default(k) for k in keys]
 
 
+def _max_pixels(cfg) -> int | None:
+    """``data.max_pixels``: absent = the default, null = no limit of ours (PIL's guard against
+    decompression bombs still applies)."""
+    value = cfg.get("max_pixels", DEFAULT_MAX_PIXELS)
+    return None if value is None else int(value)
+
+
 def _class_problem(strict: bool, message: str, skipped: list[SkipRecord], record: SkipRecord):
     if strict:
         raise DataError(message + " Set data.strict_classes=false to skip it with a warning.")
@@ -194,10 +208,11 @@ def _files_to_items(
     skipped: list[SkipRecord],
     strict: bool,
     stage: str = "scan",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> tuple[list[SourceItem], list[ClassInfo]]:
     """Turn (source id, absolute path) lists per class into items, reading headers."""
     flat = [(ci, src, p) for ci, files in enumerate(per_class) for src, p in files]
-    sizes = _scan_sizes([p for _, _, p in flat], min_side)
+    sizes = _scan_sizes([p for _, _, p in flat], min_side, max_pixels)
     items: list[SourceItem] = []
     for (ci, src, p), size in zip(flat, sizes, strict=True):
         if isinstance(size, str):
@@ -218,23 +233,88 @@ def _files_to_items(
     return items, classes
 
 
-def _list_class_folder(
-    folder: Path, root: Path, class_index: int, skipped: list[SkipRecord]
-) -> list[tuple[str, str]]:
-    """All image files under a class folder (recursive, sorted); others are recorded."""
-    files: list[tuple[str, str]] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        for fn in sorted(filenames):
-            p = Path(dirpath) / fn
-            rel = p.relative_to(root).as_posix()
-            if is_image_name(fn):
-                files.append((rel, str(p)))
-            else:
-                skipped.append(
-                    SkipRecord(rel, str(p), class_index, "scan", "not an image file (extension)")
-                )
-    return files
+class FolderWalk:
+    """Lists class folders so that every file is counted once, under its own class.
+
+    Symbolic links are followed (datasets are often assembled from links), but safely:
+    each directory and file is resolved to its real path; a directory already walked (a
+    loop such as ``cls/self -> .``), one that holds the class folder itself (``cls/up ->
+    ..``, which would list every other class under this label), one inside another class's
+    folder, and a file already listed or lying in another class's folder are left out and
+    recorded in ``skipped.csv`` with the reason.
+    """
+
+    def __init__(self, root: Path, class_folders: dict[int, Path]):
+        self.root = root
+        # Real path of each class folder -> class index.
+        self.class_real = {os.path.realpath(f): ci for ci, f in class_folders.items() if f.is_dir()}
+        self.keys = {ci: f.name for ci, f in class_folders.items()}
+        self.files_seen: dict[str, str] = {}  # real path -> id it was listed under
+
+    def _owner(self, real: str) -> int | None:
+        """The class whose folder holds ``real`` (the innermost one), if any."""
+        best, best_len = None, -1
+        for folder, ci in self.class_real.items():
+            if (real == folder or real.startswith(folder + os.sep)) and len(folder) > best_len:
+                best, best_len = ci, len(folder)
+        return best
+
+    def _dir_problem(self, real: str, class_index: int, class_real: str, walked: set[str]) -> str:
+        if real in walked:
+            return "symbolic link loop (directory already listed)"
+        if class_real == real or class_real.startswith(real + os.sep):
+            return "symbolic link to a folder holding this class folder (a loop)"
+        owner = self._owner(real)
+        if owner is not None and owner != class_index:
+            return f"symbolic link into the folder of class {self.keys[owner]!r}"
+        return ""
+
+    def list(self, folder: Path, class_index: int, skipped: list[SkipRecord]):
+        """All image files under ``folder`` (recursive, sorted) as (id, path) pairs."""
+        files: list[tuple[str, str]] = []
+        class_real = os.path.realpath(folder)
+        walked = {class_real}
+
+        def rel(p: Path) -> str:
+            return p.relative_to(self.root).as_posix()
+
+        def skip(p: Path, reason: str) -> None:
+            log.warning("skipping %s: %s", p, reason)
+            skipped.append(SkipRecord(rel(p), str(p), class_index, "scan", reason))
+
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            keep = []
+            for d in sorted(dirnames):
+                full = Path(dirpath) / d
+                real = os.path.realpath(full)
+                problem = self._dir_problem(real, class_index, class_real, walked)
+                if problem:
+                    skip(full, problem)
+                    continue
+                walked.add(real)
+                keep.append(d)
+            dirnames[:] = keep
+            for fn in sorted(filenames):
+                p = Path(dirpath) / fn
+                if not is_image_name(fn):
+                    skipped.append(
+                        SkipRecord(
+                            rel(p), str(p), class_index, "scan", "not an image file (extension)"
+                        )
+                    )
+                    continue
+                real = os.path.realpath(p)
+                first = self.files_seen.get(real)
+                if first is not None:
+                    skip(p, f"same file as {first} (listed once)")
+                    continue
+                owner = self._owner(real)
+                if owner is not None and owner != class_index:
+                    skip(p, f"symbolic link to a file in the folder of class {self.keys[owner]!r}")
+                    continue
+                self.files_seen[real] = rel(p)
+                files.append((rel(p), str(p)))
+        return files
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -289,6 +369,7 @@ def folder_source(cfg, split: str | None, *, imagenet: bool) -> Source:
     classes = [ClassInfo(i, k, n) for i, (k, n) in enumerate(zip(keys, names, strict=True))]
 
     per_class: list[list[tuple[str, str]]] = []
+    walk = FolderWalk(base, {c.index: base / c.key for c in classes})
     for c in classes:
         folder = base / c.key
         if not folder.is_dir():
@@ -300,11 +381,13 @@ def folder_source(cfg, split: str | None, *, imagenet: bool) -> Source:
             )
             per_class.append([])
             continue
-        files = _list_class_folder(folder, base, c.index, skipped)
+        files = walk.list(folder, c.index, skipped)
         per_class.append(
             _subsample(files, cfg.get("images_per_class"), cfg.get("subsample_seed", 0), c.key)
         )
-    items, classes = _files_to_items(per_class, classes, cfg.get("min_side", 16), skipped, strict)
+    items, classes = _files_to_items(
+        per_class, classes, cfg.get("min_side", 16), skipped, strict, max_pixels=_max_pixels(cfg)
+    )
     return Source(cfg.name, split or "", classes, items, skipped, str(root))
 
 
@@ -337,6 +420,7 @@ def tinyimagenet_source(cfg, split: str) -> Source:
     index = {k: i for i, k in enumerate(keys)}
     per_class: list[list[tuple[str, str]]] = [[] for _ in keys]
     if split == "train":
+        walk = FolderWalk(root, {c.index: root / "train" / c.key for c in classes})
         for c in classes:
             folder = root / "train" / c.key
             if not folder.is_dir():
@@ -347,7 +431,7 @@ def tinyimagenet_source(cfg, split: str) -> Source:
                     SkipRecord(c.key, str(folder), c.index, "scan", "class folder missing"),
                 )
                 continue
-            per_class[c.index] = _list_class_folder(folder, root, c.index, skipped)
+            per_class[c.index] = [(f"train/{i}", p) for i, p in walk.list(folder, c.index, skipped)]
     elif split == "val":
         ann = root / "val" / "val_annotations.txt"
         if not ann.is_file():
@@ -365,7 +449,9 @@ def tinyimagenet_source(cfg, split: str) -> Source:
         _subsample(f, cfg.get("images_per_class"), cfg.get("subsample_seed", 0), k)
         for f, k in zip(per_class, keys, strict=True)
     ]
-    items, classes = _files_to_items(per_class, classes, cfg.get("min_side", 16), skipped, strict)
+    items, classes = _files_to_items(
+        per_class, classes, cfg.get("min_side", 16), skipped, strict, max_pixels=_max_pixels(cfg)
+    )
     return Source(cfg.name, split, classes, items, skipped, str(root))
 
 

@@ -27,6 +27,7 @@ from distill.bank import (
 )
 from distill.data import ResizedImages, build_source, write_skipped_csv
 from distill.data.classes import write_classes_csv
+from distill.data.images import DECODE_RULES
 from distill.data.records import SkipRecord, read_skipped_csv
 from distill.diffusion import DiffusionBackend, resolve_dtype
 from distill.errors import DataError
@@ -61,9 +62,10 @@ SCORING_KEYS = (
 # its hash under t_sampling=iid.
 SCORING_KEYS_IF_SET = {"t_sampling": "iid"}
 # Data settings that do not change which pixels are scored (where the files live, the
-# evaluation split) or are hashed in resolved form (the class order: the spec's "classes");
-# every other data setting is part of the hash.
-DATA_IGNORED = ("root", "val_split", "class_order", "class_orders")
+# evaluation split) or are hashed in resolved form (the class order: the spec's "classes";
+# the pixel limit: the items it lets through are in the items digest); every other data
+# setting is part of the hash.
+DATA_IGNORED = ("root", "val_split", "class_order", "class_orders", "max_pixels")
 
 
 def items_digest(source) -> str:
@@ -87,6 +89,8 @@ def score_spec(cfg: DictConfig, source, backend) -> dict:
         "data": {k: v for k, v in sorted(data.items()) if k not in DATA_IGNORED},
         "classes": [[c.key, c.name] for c in source.classes],
         "items": {"count": len(source.items), "digest": items_digest(source)},
+        # How files become pixels (EXIF orientation, alpha, frames): another rule, other scores.
+        "decode": dict(DECODE_RULES),
         "model": backend.fingerprint(),
     }
 
