@@ -117,7 +117,7 @@ class DiftModule(L.LightningModule):
             raise ConfigError(
                 f"features.up_ft_index={self.up_ft_index}: the U-Net has {n_up} up blocks"
             )
-        self.ensemble = max(1, int(features.ensemble))
+        self.ensemble = int(features.ensemble)  # >= 1: distill.validate
         self.seed = int(features.seed)
         self.pool = str(features.get("pool", "mean"))
         if self.pool not in ("mean", "max"):

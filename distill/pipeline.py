@@ -103,7 +103,10 @@ def run_job_subprocess(cfg: DictConfig, module: str = "distill") -> None:
 
 
 def run(cfg: DictConfig) -> None:
-    """Run the stages named in ``cfg.stages``."""
+    """Check the whole config, then run the stages named in ``cfg.stages``."""
+    from distill.validate import check_config
+
+    check_config(cfg)
     if needs_job_subprocess(cfg):
         run_job_subprocess(cfg)
         return

@@ -35,4 +35,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from distill.cli import prepare_argv
+
+    sys.argv = prepare_argv(sys.argv)
     main()

@@ -197,7 +197,7 @@ def test_materialize_new_ipc_and_subset_without_model(pipeline_run, tmp_path, mo
         )
         == 0
     )
-    sub = tmp_path / "sub" / "ipc10"
+    sub = tmp_path / "sub" / f"classes-{keys[2]}+{keys[0]}" / "ipc10"
     assert read_csv(sub / "classes.csv") == [
         {"index": "0", "key": keys[2], "name": "triangle", "source_index": "2"},
         {"index": "1", "key": keys[0], "name": "ellipse", "source_index": "0"},
@@ -234,10 +234,57 @@ def test_materialize_cli_with_model_pointing_nowhere(pipeline_run, tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "cli" / "ipc20").iterdir() if p.is_dir()) == sorted(
-        [read_csv(out / "classes.csv")[i]["key"] for i in (0, 2)]
-    )
+    keys = [read_csv(out / "classes.csv")[i]["key"] for i in (0, 2)]
+    set_dir = tmp_path / "cli" / f"classes-{keys[0]}+{keys[1]}" / "ipc20"
+    assert sorted(p.name for p in set_dir.iterdir() if p.is_dir()) == sorted(keys)
     assert not (tmp_path / "empty-cache").exists()
+
+
+def test_subset_never_replaces_the_full_set(pipeline_run, tmp_path):
+    """Materialising a class subset into the run folder leaves the full ipc10 set (and its
+    figures) as they were; the subset lands in its own classes-... folder."""
+    out, cfg = pipeline_run
+    full = out / "distilled" / "ipc10"
+    before = {p: p.read_bytes() for p in sorted(full.rglob("*")) if p.is_file()}
+    figs_before = sorted((out / "figures" / "ipc10").iterdir())
+    assert materialize_main([f"bank_dir={out}", "ipc=[10]", "classes=[0,2]"]) == 0
+    assert {p: p.read_bytes() for p in sorted(full.rglob("*")) if p.is_file()} == before
+    assert sorted((out / "figures" / "ipc10").iterdir()) == figs_before
+    keys = [c.key for c in build_source(cfg.data).classes]
+    sub = out / "distilled" / f"classes-{keys[0]}+{keys[2]}" / "ipc10"
+    info = json.loads((sub / "set.json").read_text())
+    assert info["class_subset"] is True and info["settings"]["classes"] == [keys[0], keys[2]]
+    assert (out / "figures" / f"classes-{keys[0]}+{keys[2]}" / "ipc10").is_dir()
+
+
+def test_existing_set_with_other_settings_needs_overwrite(pipeline_run, tmp_path, capsys):
+    out, _ = pipeline_run
+    dest = f"out_dir={tmp_path}/sets"
+    assert materialize_main([f"bank_dir={out}", "ipc=[5]", dest]) == 0
+    first = (tmp_path / "sets" / "ipc5" / "manifest.csv").read_text()
+    # The same settings again: rewritten, identical.
+    assert materialize_main([f"bank_dir={out}", "ipc=[5]", dest]) == 0
+    assert (tmp_path / "sets" / "ipc5" / "manifest.csv").read_text() == first
+    # Other settings: refused, naming what differs; the set is untouched.
+    assert materialize_main([f"bank_dir={out}", "ipc=[5]", "cluster=none", dest]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a distilled set" in err and "use_clusters: True -> False" in err
+    assert (tmp_path / "sets" / "ipc5" / "manifest.csv").read_text() == first
+    # overwrite=true replaces it, and its figures with it.
+    stale = tmp_path / "sets" / "figures" / "ipc5" / "stale.png"
+    stale.write_bytes(b"x")
+    assert (
+        materialize_main([f"bank_dir={out}", "ipc=[5]", "cluster=none", dest, "overwrite=true"])
+        == 0
+    )
+    assert (tmp_path / "sets" / "ipc5" / "manifest.csv").read_text() != first
+    assert not stale.exists()
+
+
+def test_materialize_help_prints_usage(capsys):
+    assert materialize_main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "bank_dir" in text and "overwrite" in text and "python -m distill.materialize" in text
 
 
 def test_cluster_none_ablation(tmp_path):

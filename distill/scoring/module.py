@@ -72,7 +72,7 @@ class ScoringModule(L.LightningModule):
         if self.num_draws < 1:
             raise ConfigError("scoring.num_draws must be >= 1")
         self.seed = int(scoring.seed)
-        self.topk = max(1, int(scoring.get("topk", 1)))
+        self.topk = int(scoring.get("topk", 1))  # >= 1: distill.validate
         self.unet_batch = int(scoring.get("unet_batch", 64))
         self.vae_batch = int(scoring.get("vae_batch", 8))
         self.fixed_shapes = bool(scoring.get("fixed_shapes", True))

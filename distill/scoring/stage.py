@@ -43,6 +43,7 @@ from distill.runtime import (
 from distill.scoring.module import ScoringData, ScoringModule, patch_geometry
 from distill.scoring.plan import make_shards, pending
 from distill.scoring.relevance import check_t_sampling
+from distill.validate import check_candidates
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,12 @@ def run_score(cfg: DictConfig) -> None:
     check_t_sampling(cfg.scoring.get("t_sampling", "iid"))
     zero = is_launch_rank_zero()
     source = build_source(cfg.data)
+    check_candidates(
+        source,
+        list(cfg.ipc),
+        int(cfg.scoring.get("topk", 1)),
+        cfg.get("assemble", {}).get("max_reuse", 2),
+    )
     backend = load_backend(cfg)
     patch_geometry(cfg.scoring, backend.vae_factor, int(cfg.data.short_edge))  # fail fast
     dataset = ResizedImages(source, int(cfg.data.short_edge), backend.vae_factor)
