@@ -127,5 +127,11 @@ def run(cfg: DictConfig) -> None:
         for name in cfg.stages:
             log.info("stage %s", name)
             registry[name](cfg)
+        from distill.runtime import is_launch_rank_zero
+
+        if is_launch_rank_zero():
+            from distill.summary import write_summary
+
+            write_summary(cfg)
     finally:
         finish_loggers()

@@ -166,6 +166,22 @@ def test_pipeline_writes_every_ipc(pipeline_run):
     assert {c["num_centers"] for c in clusters["classes"].values()} == {4}
 
 
+def test_run_ends_with_a_summary(pipeline_run):
+    out, cfg = pipeline_run
+    text = (out / "summary.md").read_text()
+    keys = [c.key for c in build_source(cfg.data).classes]
+    assert f"`{out}/bank`" in text and "| set ipc10 |" in text and "| set ipc20 |" in text
+    # Per class: 16 images scored, their candidate patches, the clusters k-means made.
+    clusters = json.loads((out / "bank" / "clusters.json").read_text())["classes"]
+    recs = read_jsonl(out / "bank" / "scores.jsonl")
+    for i in range(len(keys)):
+        n_cl = len(clusters[str(i)]["ranked"])
+        n_p = sum(len(r["scores"]) for r in recs if r["label"] == i)
+        want = f"| 16 | {n_p} | {n_cl} |"
+        assert any(ln.startswith(f"| {i}: ") and want in ln for ln in text.splitlines())
+    assert "python -m distill.materialize bank_dir=" in text
+
+
 def test_rerun_reuses_bank(pipeline_run, tmp_path, caplog):
     out, _ = pipeline_run
     before = (out / "bank" / "features.npy").stat().st_mtime_ns
