@@ -21,18 +21,23 @@ log = logging.getLogger("distill")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="distill")
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from distill.cli import log_to_files, warn_added_keys
     from distill.pipeline import run
 
+    warn_added_keys(cfg, list(HydraConfig.get().overrides.task), log)
     try:
         run(cfg)
     except DistillError as e:
-        log.error("%s", e)
+        log_to_files(log, f"error: {e}")
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
 if __name__ == "__main__":
-    from distill.cli import prepare_argv
+    from distill.cli import maybe_help, prepare_argv
 
+    maybe_help("distill", __doc__, sys.argv)
     sys.argv = prepare_argv(sys.argv)
     main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import warnings
 
@@ -14,19 +15,42 @@ from omegaconf import DictConfig, OmegaConf
 
 
 class _DropTips(logging.Filter):
+    """Lightning's advertising tips, and its "GPU available: False, used: False" lines that
+    every Trainer repeats (a GPU left unused still gets Lightning's own warning)."""
+
+    NOISE = ("GPU available:", "TPU available:", "HPU available:", "IPU available:")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in record.getMessage()
+        msg = record.getMessage()
+        return "Tip:" not in msg and not msg.startswith(self.NOISE)
 
 
 def quiet_third_party() -> None:
     """Silence messages that say nothing about the user's run (advertising tips, a warning
     about our own batch sampler, upstream deprecations), so real warnings stand out."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_DropTips())
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+    if logging.getLogger().handlers:
+        # Under Hydra the root logger prints (and files) every record; Lightning's own console
+        # handlers would print each of its lines a second time.
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logger = logging.getLogger(name)
+            for h in list(logger.handlers):
+                if type(h) is logging.StreamHandler:
+                    logger.removeHandler(h)
+            logger.propagate = True
     warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    try:  # "Loading weights: 36/36" for every model component says nothing about the run
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def machine_name() -> str:
@@ -205,9 +229,36 @@ class ImageRateBar(TQDMProgressBar):
         self._t0 = 0.0
         self._n = 0
 
+    def init_predict_tqdm(self):
+        """Lightning's bar, drawn only once its first batch starts: at creation it knows
+        neither its total nor its loader and printed an empty "Predicting: 0/?" line."""
+        from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+        return Tqdm(
+            desc=self.predict_description,
+            position=(2 * self.process_position),
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+            delay=1e-6,
+        )
+
     def on_predict_start(self, trainer, pl_module) -> None:
         super().on_predict_start(trainer, pl_module)
         self._t0, self._n = time.perf_counter(), 0
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        # Lightning's version redraws the bar under its old name before renaming it.
+        if not self.has_dataloader_changed(dataloader_idx):
+            return
+        from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
+
+        bar = self.predict_progress_bar
+        bar.set_description(f"{self.predict_description} DataLoader {dataloader_idx}", False)
+        bar.reset(total=convert_inf(self.total_predict_batches_current_dataloader))
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self._n += len(batch.get("source", [])) + len(batch.get("failed", []))

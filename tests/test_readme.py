@@ -141,8 +141,14 @@ def test_own_folder_then_a_subset_then_a_preset(tmp_path):
     argv = recipe("distill experiment=smoke data=folder")
     argv = [a.replace("/path/to/my_images", str(images)) for a in argv]
     run_dir = tmp_path / "run"
-    _run([*argv, f"paths.output_dir={run_dir}", "ipc=[1]", "logger=none"], tmp_path)
+    r = _run([*argv, f"paths.output_dir={run_dir}", "ipc=[1]", "logger=none"], tmp_path)
     assert (run_dir / "distilled" / "ipc1" / "set.json").is_file()
+    # What the console shows: no noise lines, no empty progress bar, nothing printed twice.
+    console = r.stdout + r.stderr
+    for noise in ("GPU available:", "TPU available:", "Predicting: |", "Loading weights"):
+        assert noise not in console, noise
+    lines = [ln.split("] - ", 1)[-1] for ln in console.splitlines() if "] - " in ln]
+    assert not [a for a, b in zip(lines, lines[1:]) if a == b], "a line printed twice"
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
     argv = recipe("distill.materialize bank_dir=")
