@@ -95,6 +95,41 @@ def _setting_lines(cfg) -> list[str]:
     return lines
 
 
+def _localisation_lines(cfg, meta: dict, bank: Path) -> list[str]:
+    """Stage I's best patch against the labelled item's box, where the data knows it (scene
+    and synthetic data), beside a uniformly random patch of the same size."""
+    if cfg.data.get("kind") not in ("fashion_scenes", "synthetic") or not meta.get("data_cfg"):
+        return []
+    from omegaconf import OmegaConf
+
+    from distill.data import build_source
+    from distill.localization import localisation
+
+    source = build_source(OmegaConf.create(meta["data_cfg"]))
+    truth = dict(zip((it.source for it in source.items), source.boxes, strict=True))
+    recs = []
+    with open(bank / "scores.jsonl", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            if "error" not in r and r["source"] in truth:
+                recs.append(r)
+    patch = meta["stages"]["score"]["spec"]["scoring"].get("patch")
+    if not recs or patch is None:
+        return []
+    w, h = recs[0]["orig_size"]
+    side = round(int(patch) * min(w, h) / int(cfg.data.short_edge))  # in original pixels
+    loc = localisation(recs, truth, side, step=max(1, side // 8))
+    return [
+        "## Localisation (the labelled item's box is known)",
+        "",
+        "| patch | mean IoU with the item | contains the item's centre |",
+        "| --- | --- | --- |",
+        f"| best patch (ours, {loc.images} images) | {loc.mean_iou:.3f} | {loc.centre_hit:.1%} |",
+        f"| random patch of the same size | {loc.random_mean_iou:.3f} | {loc.random_centre_hit:.1%} |",
+        "",
+    ]
+
+
 def write_summary(cfg) -> Path | None:
     """Write ``<output_dir>/summary.md`` and log its short form; returns the path."""
     out = Path(cfg.paths.output_dir)
@@ -137,6 +172,8 @@ def write_summary(cfg) -> Path | None:
             row += [str(r.get(c["name"], 0)) for r in reused.values()]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    if meta and str(cfg.selector.get("kind", "diffusion")) == "diffusion":
+        lines += _localisation_lines(cfg, meta, bank)
     ipcs = [info.get("ipc") for _, _, info in sets if info.get("ipc")]
     first = f"{out}/distilled/ipc{ipcs[0]}" if ipcs else f"{out}/distilled/ipcK"
     lines += [

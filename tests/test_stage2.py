@@ -180,6 +180,13 @@ def test_run_ends_with_a_summary(pipeline_run):
         want = f"| 16 | {n_p} | {n_cl} |"
         assert any(ln.startswith(f"| {i}: ") and want in ln for ln in text.splitlines())
     assert "python -m distill.materialize bank_dir=" in text
+    # Synthetic shapes have known boxes: the best patch's IoU beside a random patch's.
+    loc = text[text.index("## Localisation") :].splitlines()
+    ours = float(loc[4].split("|")[2])
+    rand = float(loc[5].split("|")[2])
+    assert 0 <= rand <= 1 and 0 <= ours <= 1
+    # Figures say which run, method and IPC they show.
+    assert "run " in text and (out / "figures" / "ipc10" / "overview.png").is_file()
 
 
 def test_rerun_reuses_bank(pipeline_run, tmp_path, caplog):

@@ -259,7 +259,7 @@ def _outputs(
     figures = {
         "histograms": visualize.score_histograms(ok, classes, out_dir / "score_histograms.png"),
         "best_patches": visualize.best_patch_grid(
-            ok, classes, source, out_dir / "best_patches.png"
+            ok, classes, source, out_dir / "best_patches.png", title=f"run {out_dir.name}"
         ),
     }
     visualize.write_class_summary(ok, classes, out_dir / "class_scores.csv")

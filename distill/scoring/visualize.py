@@ -14,7 +14,8 @@ from distill.io import atomic_path, write_csv_rows
 
 log = logging.getLogger(__name__)
 
-BOX_COLOURS = [(230, 30, 30), (255, 150, 0), (30, 160, 255), (60, 200, 60)]
+BOX_COLOURS = [(230, 30, 30), (255, 150, 0), (30, 160, 255), (200, 60, 220)]
+TRUTH = (40, 220, 60)  # the labelled item's box, where the data knows it (scenes)
 
 
 def _save_png(im: Image.Image, path: Path) -> Path:
@@ -88,6 +89,8 @@ def score_histograms(records: list[dict], classes: list[dict], path: Path, max_c
             ax.hist(best, bins=bins, alpha=0.6, label="best patch")
             ax.axvline(0.0, color="k", lw=0.6)
         ax.set_title(f"{c['index']}: {c['name']}"[:32], fontsize=8)
+        ax.set_xlabel("relevance s (loss gain of the class prompt)", fontsize=6)
+        ax.set_ylabel("images", fontsize=6)
         ax.tick_params(labelsize=6)
     axes.flat[0].legend(fontsize=6)
     more = f" (first {max_classes} of {len(classes)} classes)" if len(classes) > max_classes else ""
@@ -107,35 +110,72 @@ def best_patch_grid(
     per_class: int = 6,
     max_classes: int = 10,
     thumb: int = 128,
+    title: str = "",
 ) -> Path:
-    """One row per class: its images with the highest best-patch score, boxes drawn on them."""
+    """One row per class: its images with the highest best-patch score, boxes drawn on them.
+
+    The k-th best patch's box has the k-th colour of `BOX_COLOURS` (a legend heads the
+    figure); for scene data, whose labelled item's box is known, that box is drawn too, in
+    green, beside the chosen patch.
+    """
+    from distill.figures import font, label
+
     groups = by_label(records)
     shown = classes[:max_classes]
     tiles: list[list[Image.Image]] = []
     index_of = {it.source: i for i, it in enumerate(source.items)}
+    truth = getattr(source, "boxes", None)
+    topk = max((len(r["boxes_resized"]) for r in records), default=1)
     for c in shown:
         rs = sorted(groups.get(c["index"], []), key=lambda r: -r["scores"][0])
         row = []
         for r in rs[:per_class]:
             try:
-                im = resize_rgb(source.load(index_of[r["source"]]), tuple(r["size"]))
+                i = index_of[r["source"]]
+                im = resize_rgb(source.load(i), tuple(r["size"]))
             except (UnreadableImage, KeyError):
                 continue
             draw = ImageDraw.Draw(im)
             width = max(2, im.size[1] // 64)
+            if truth is not None:
+                sx, sy = im.size[0] / r["orig_size"][0], im.size[1] / r["orig_size"][1]
+                x0, y0, x1, y1 = truth[i]
+                draw.rectangle((x0 * sx, y0 * sy, x1 * sx, y1 * sy), outline=TRUTH, width=width)
             for k, b in reversed(list(enumerate(r["boxes_resized"]))):
                 draw.rectangle(b, outline=BOX_COLOURS[k % len(BOX_COLOURS)], width=width)
-            draw.text((3, 2), f"{r['scores'][0]:+.4f}", fill=(255, 255, 255))
             scale = thumb / im.size[1]
-            row.append(im.resize((max(1, round(im.size[0] * scale)), thumb)))
+            im = im.resize((max(1, round(im.size[0] * scale)), thumb))
+            label(ImageDraw.Draw(im), (3, 2), f"{r['scores'][0]:+.4f}", size=11)
+            row.append(im)
         tiles.append(row)
     label_w = 150
+    head = 36
     width = label_w + max((sum(t.size[0] + 4 for t in row) for row in tiles), default=thumb)
-    canvas = Image.new("RGB", (width, (thumb + 4) * max(1, len(tiles))), (255, 255, 255))
+    canvas = Image.new("RGB", (max(width, 620), head + (thumb + 4) * max(1, len(tiles))), "white")
     draw = ImageDraw.Draw(canvas)
+    more = f", first {len(shown)} of {len(classes)} classes" if len(classes) > len(shown) else ""
+    draw.text(
+        (4, 2),
+        f"{title + ' - ' if title else ''}images with the highest best-patch relevance{more}",
+        fill=(0, 0, 0),
+        font=font(12),
+    )
+    x = 4
+    keys = [(f"patch {k + 1}", BOX_COLOURS[k % len(BOX_COLOURS)]) for k in range(topk)]
+    if truth is not None:
+        keys.append(("labelled item (truth)", TRUTH))
+    for name, colour in keys:
+        draw.rectangle((x, 21, x + 14, 31), outline=colour, width=3)
+        draw.text((x + 18, 19), name, fill=(0, 0, 0), font=font(11))
+        x += 30 + int(draw.textlength(name, font=font(11)))
     for y, (c, row) in enumerate(zip(shown, tiles, strict=True)):
-        top = y * (thumb + 4)
-        draw.text((4, top + thumb // 2 - 6), f"{c['index']}: {c['name']}"[:24], fill=(0, 0, 0))
+        top = head + y * (thumb + 4)
+        draw.text(
+            (4, top + thumb // 2 - 6),
+            f"{c['index']}: {c['name']}"[:24],
+            fill=(0, 0, 0),
+            font=font(11),
+        )
         x = label_w
         for t in row:
             canvas.paste(t, (x, top))
