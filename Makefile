@@ -61,3 +61,11 @@ mutation: $(STAMP) ## Mutation testing of the method's and protocol's arithmetic
 clean: ## Remove build artefacts and caches (keeps .venv and outputs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache mutants
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
+
+# DD-Ranking (pip's ddranking) pins numpy<2 and scipy<1.16, so it gets a venv of its own,
+# .venv-ddranking (several GB: it brings its own torch). tests/test_export.py runs the same
+# check when that venv exists, and skips it otherwise (CI).
+.PHONY: ddranking-check
+ddranking-check: $(STAMP) ## Our exports read by DD-Ranking's own code (installs .venv-ddranking once; then about 15 s)
+	@test -x .venv-ddranking/bin/python || ($(PYTHON) -m venv .venv-ddranking && .venv-ddranking/bin/pip install ddranking)
+	$(TEST_ENV) $(PY) benchmarks/ddranking_check.py
