@@ -117,6 +117,33 @@ class StoreDataset(Dataset):
         return self.store.images[idx], self.store.labels[idx]
 
 
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """Every item's label of a `StoreDataset` or `SourceDataset`, without decoding."""
+    if isinstance(dataset, StoreDataset):
+        return dataset.store.labels
+    return torch.tensor([it.label for it in dataset.source.items], dtype=torch.long)
+
+
+class ClassSubset(Dataset):
+    """The items of ``dataset`` whose label is one of ``labels``, relabelled to that label's
+    position in ``labels`` (``labels[i]`` becomes ``i``)."""
+
+    def __init__(self, dataset: Dataset, labels: Sequence[int]):
+        old = dataset_labels(dataset)
+        n = max([*old.tolist(), *labels], default=0) + 1
+        remap = torch.full((n,), -1, dtype=torch.long)
+        remap[torch.as_tensor(list(labels), dtype=torch.long)] = torch.arange(len(labels))
+        self.dataset, self.remap = dataset, remap
+        self.idx = torch.nonzero(remap[old] >= 0).flatten()
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.dataset[self.idx[torch.as_tensor(idx, dtype=torch.long)].tolist()]
+        return images, self.remap[labels]
+
+
 class SourceDataset(Dataset):
     """Batches decoded on demand from a `Source` (real splits too large to keep decoded)."""
 
@@ -194,6 +221,18 @@ class RealData:
     def keys(self) -> list[str]:
         return [c.key for c in self.classes]
 
+    def restricted(self, classes: list[ClassInfo]) -> RealData:
+        """A view of this data with only ``classes`` (a `subset_classes` list, numbered
+        0..k-1) in the validation split, relabelled: a class-subset set's students are
+        measured on the classes they were taught, not on classes they have no output for."""
+        by_key = {c.key: c.index for c in self.classes}
+        view = object.__new__(RealData)
+        view.__dict__.update(self.__dict__)
+        view.classes = list(classes)
+        view.val_set = ClassSubset(self.val_set, [by_key[c.key] for c in classes])
+        view._train = None
+        return view
+
     def train_set(self) -> Dataset:
         if self._train is None:
             cfg = self.cfg
@@ -231,6 +270,11 @@ class DistilledSet:
     # set.json or manifest.csv; None for a foreign folder that does not say.
     tiles: int | None = None
     info: dict = field(default_factory=dict)
+    # The classes its labels index: the evaluation's, or for a class-subset set (distill's
+    # materialise with ``classes=[...]``) those of the evaluation's classes it holds, in the
+    # evaluation's order and numbered 0..k-1 (`subset_classes`).
+    classes: list[ClassInfo] = field(default_factory=list)
+    class_subset: bool = False
 
 
 def _holds_ipc_sets(p: Path) -> bool:
@@ -282,8 +326,10 @@ def load_distilled(
     """Decode a distilled ImageFolder whose class folders are the class keys.
 
     Labels come from ``classes`` (the evaluation's order, which the teacher and the
-    validation split share); the folder must hold exactly those classes. A ``classes.csv``
-    beside it (or in the run folder above) must list the same keys.
+    validation split share); the folder must hold exactly those classes, or some of them
+    when the set declares itself a class subset (`_declares_subset`): its labels then index
+    `DistilledSet.classes`, the subset renumbered in the evaluation's order. A
+    ``classes.csv`` beside it (or in the run folder above) must list the same keys.
 
     Raises:
         DataError: missing or empty folder, or classes that differ, naming both sides.
@@ -296,23 +342,40 @@ def load_distilled(
             f"distilled folder {p} holds no class folders; expected one per class of "
             f"data={dataset_name}: {_preview(keys)}"
         )
+    info, tiles = read_set_info(p)
     extra, missing = sorted(set(dirs) - set(keys)), [k for k in keys if k not in set(dirs)]
-    if extra or missing:
+    subset = bool(missing) and not extra and _declares_subset(p, info, dirs)
+    if (extra or missing) and not subset:
         raise DataError(
             f"classes differ: distilled folder {p} has {len(dirs)} class folders "
             f"{_preview(dirs)}, data={dataset_name} (the teacher's and validation's classes) "
             f"has {len(keys)}: {_preview(keys)}. Only in the distilled set: {_preview(extra)}; "
             f"only in data={dataset_name}: {_preview(missing)}. Evaluate with the data config "
-            "the set was distilled from (same data.classes)."
+            "the set was distilled from (same data.classes); a class-subset set says so in its "
+            "own classes.csv or set.json (class_subset), as distill's materialise writes it."
+        )
+    full = classes
+    if subset:
+        classes = subset_classes(full, dirs)
+        keys = [c.key for c in classes]
+        log.info(
+            "distilled set %s holds %d of data=%s's %d classes: the teacher's outputs, the "
+            "students' head and the validation split are restricted to %s",
+            p,
+            len(classes),
+            dataset_name,
+            len(full),
+            _preview(keys),
         )
     run_dir = p.parent.parent if p.parent.name == "distilled" else None
-    for csv_path in (
-        p / "classes.csv",
-        p.parent / "classes.csv",
-        *([run_dir / "classes.csv"] if run_dir else []),
+    # The set's own classes.csv lists its classes; a run's lists the run's (all of data's).
+    for csv_path, expect in (
+        (p / "classes.csv", keys),
+        (p.parent / "classes.csv", [c.key for c in full]),
+        *([(run_dir / "classes.csv", [c.key for c in full])] if run_dir else []),
     ):
         if csv_path.is_file():
-            _check_classes_csv(csv_path, keys, dataset_name)
+            _check_classes_csv(csv_path, expect, dataset_name)
             break
     files: list[tuple[str, int]] = []
     empty = []
@@ -329,7 +392,6 @@ def load_distilled(
         ipc = max(counts)
     if min(counts) != max(counts) or max(counts) != ipc:
         log.warning("distilled set %s: images per class %s (ipc=%s)", p, counts, ipc)
-    info, tiles = read_set_info(p)
     log.info(
         "distilled set %s: %d images, %d classes, ipc %s, %s",
         p,
@@ -338,7 +400,27 @@ def load_distilled(
         ipc,
         f"{tiles}x{tiles} patches per image" if tiles else "assembly not recorded",
     )
-    return DistilledSet(p, int(ipc), store, counts, run_dir, tiles, info)
+    return DistilledSet(p, int(ipc), store, counts, run_dir, tiles, info, classes, subset)
+
+
+def _declares_subset(p: Path, info: dict, dirs: list[str]) -> bool:
+    """True when a set that lacks some of the data's classes says it was made that way: its
+    ``set.json`` has ``class_subset: true`` or its own ``classes.csv`` lists exactly its
+    folders. A set that merely lost class folders says neither and stays an error."""
+    if info.get("class_subset") is True:
+        return True
+    if (p / "classes.csv").is_file():
+        with open(p / "classes.csv", newline="", encoding="utf-8") as f:
+            return sorted(r["key"] for r in csv.DictReader(f)) == dirs
+    return False
+
+
+def subset_classes(classes: list[ClassInfo], keys) -> list[ClassInfo]:
+    """The classes of ``classes`` whose key is in ``keys``, in ``classes``' order, numbered
+    0..k-1: the label space of a class-subset evaluation (the teacher's outputs are picked
+    by the original indices, `evaluate.run`)."""
+    keep = set(keys)
+    return [ClassInfo(i, c.key, c.name) for i, c in enumerate(c for c in classes if c.key in keep)]
 
 
 def read_set_info(p: Path) -> tuple[dict, int | None]:
@@ -484,7 +566,7 @@ class ShardBatches(Sampler):
 
 def batch_loader(dataset: Dataset, sampler: Sampler, workers: int = 0) -> DataLoader:
     """A loader whose sampler yields whole index lists (``dataset[list]`` is a batch)."""
-    in_memory = isinstance(dataset, StoreDataset)
+    in_memory = isinstance(getattr(dataset, "dataset", dataset), StoreDataset)  # ClassSubset too
     return DataLoader(
         dataset,
         sampler=sampler,

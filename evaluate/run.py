@@ -5,6 +5,7 @@ final and best top-1 per seed and their mean +- std (paper §4.1: five random st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -24,7 +25,7 @@ from distill.io import atomic_path, atomic_write_json, atomic_write_text
 from distill.pipeline import needs_job_subprocess, run_job_subprocess
 from evaluate.augment import BatchAugment
 from evaluate.data import RealData, StoreDataset, load_distilled, read_distill_config
-from evaluate.models import build_model, count_outputs
+from evaluate.models import SelectOutputs, build_model, count_outputs
 from evaluate.module import Classifier
 from evaluate.protocol import (
     best_window_start,
@@ -126,6 +127,7 @@ def evaluate_students(cfg, out: Path) -> dict:
         raise ConfigError(f"seeds={cfg.seeds}: train at least one student")
     real = RealData(cfg)
     classes, size = real.classes, input_size(cfg)
+    real_keys = real.keys
     distilled = load_distilled(cfg.distilled, classes, size, cfg.get("ipc"), str(cfg.data.name))
     distill_cfg = read_distill_config(distilled.run_dir)
     kind = str(cfg.labels.kind)
@@ -137,6 +139,16 @@ def evaluate_students(cfg, out: Path) -> dict:
         )
         if cfg.get("check_teacher", True):
             teacher_acc = probe_teacher(cfg, teacher, real, out)
+    subset_acc = None
+    if distilled.class_subset:
+        # The set holds some of the data's classes: students learn and are measured on
+        # those only, and the teacher (trained on all of them) speaks over those only.
+        real = real.restricted(distilled.classes)
+        classes = distilled.classes
+        if teacher is not None:
+            teacher = restrict_teacher(teacher, real_keys, [c.key for c in classes])
+            if cfg.get("check_teacher", True):
+                subset_acc = teacher_top1(cfg, teacher, real, out)
     batch = int(
         cfg.batch_size
         or rded_batch_size(
@@ -170,11 +182,14 @@ def evaluate_students(cfg, out: Path) -> dict:
         "distilled_tiles": distilled.tiles,
         "teacher_checkpoint": teacher.checkpoint if teacher else None,
         "teacher_acc": teacher_acc,
+        "teacher_acc_subset": subset_acc,
         "distilled": str(distilled.path),
         "distilled_images": len(distilled.store),
         "distill_run": str(distilled.run_dir) if distilled.run_dir else None,
         "t_range": (distill_cfg.get("scoring") or {}).get("t_range"),
         "classes": [c.key for c in classes],
+        # A class-subset set: the classes of data it holds (= classes); null for all of them.
+        "class_subset": [c.key for c in classes] if distilled.class_subset else None,
         "class_order": real.class_order,
         "distilled_class_order": distilled.info.get("class_order"),
         "numerics": runtime.numerics(),
@@ -317,6 +332,39 @@ def run_key(cfg, base: dict) -> str:
     parts["training"] = [cfg.epochs, base["batch_size"]]
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:16]
+
+
+def restrict_teacher(teacher: Teacher, keys: list[str], subset: list[str]) -> Teacher:
+    """``teacher`` with only the outputs of ``subset`` (keys of ``keys``, the teacher's
+    outputs in order), in ``subset``'s order: any teacher of the full data serves a
+    class-subset set, its softmax renormalised over the classes the students have."""
+    index = {k: i for i, k in enumerate(keys)}
+    model = SelectOutputs(teacher.model, [index[k] for k in subset]).requires_grad_(False)
+    return dataclasses.replace(teacher, model=model.eval())
+
+
+def teacher_top1(cfg, teacher: Teacher, real: RealData, out: Path) -> float:
+    """The teacher's top-1 on ``real``'s validation split (for a class subset: over the
+    subset's outputs, on the subset's images)."""
+    probe = Classifier(
+        teacher.model,
+        None,
+        real.val_set,
+        epochs=0,
+        global_batch=1,
+        val_batch=int(cfg.val.batch_size),
+        norm=teacher.norm,
+        aug=BatchAugment(teacher.size),
+        optimizer=None,
+        schedule={},
+        plan_seed=0,
+    )
+    build_trainer(cfg, out, 0, 1, [], []).validate(probe, verbose=False)
+    acc = float(probe.last_acc)
+    log.info(
+        "teacher %s: %.2f%% top-1 on the subset's %d classes", teacher.name, acc, len(real.keys)
+    )
+    return acc
 
 
 def probe_teacher(cfg, teacher: Teacher, real: RealData, out: Path) -> float:
