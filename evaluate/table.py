@@ -110,7 +110,9 @@ TABLES = [
 
 
 def find_results(dirs: list[Path]) -> list[dict]:
-    """Every student ``results.json`` under ``dirs``, each with its path in ``_path``."""
+    """Every student ``results.json`` under ``dirs`` (at any depth), each with its path in
+    ``_path``. A class-subset run's dataset reads ``dataset[key, ...]`` so that it never
+    shares a cell with a run on all of the dataset's classes."""
     out = []
     for d in dirs:
         paths = [d] if d.is_file() else sorted(d.rglob("results.json"))
@@ -122,9 +124,51 @@ def find_results(dirs: list[Path]) -> list[dict]:
                 continue
             if r.get("mode") != "student" or not r.get("acc_final"):
                 continue
+            if r.get("class_subset"):
+                r["dataset"] = f"{r.get('dataset')}[{', '.join(map(str, r['class_subset']))}]"
             r["_path"] = str(p)
             r["_mtime"] = p.stat().st_mtime
             out.append(r)
+    return out
+
+
+def resolve_dirs(dirs: list[Path]) -> list[Path]:
+    """The folders to read: each of ``dirs`` that holds student results as it is; one that
+    does not (or does not exist) stands for every folder of its name below its nearest
+    existing parent, with a warning naming them.
+
+    Evaluation runs land under ``outputs/evaluate/`` by default, but a run of ``make demo``
+    (`distill.demo`) writes its students to ``outputs/demo/<time>/evaluate/``: so
+    ``python -m evaluate.table outputs/evaluate``, as the README writes it, still finds them
+    instead of failing or printing an empty table.
+    """
+    out = []
+    for d in dirs:
+        if d.exists() and find_results([d]):
+            out.append(d)
+            continue
+        base = d.parent
+        while not base.exists() and base != base.parent:
+            base = base.parent
+        found: list[Path] = []
+        for p in sorted(base.rglob(d.name)) if d.name else []:
+            # Outermost folders only: one inside another is read through it.
+            inside = any(p.is_relative_to(q) for q in [*out, *found])
+            if p.is_dir() and not inside and find_results([p]):
+                found.append(p)
+        if not found:
+            out.append(d)  # make_tables names it in its error
+            continue
+        log.warning(
+            "%s holds no student results.json; reading the %d folder(s) named %r below %s "
+            "instead: %s",
+            d,
+            len(found),
+            d.name,
+            base,
+            ", ".join(map(str, found)),
+        )
+        out.extend(found)
     return out
 
 
@@ -364,13 +408,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    missing = [d for d in args.dirs if not d.exists()]
+    dirs = resolve_dirs(args.dirs)
+    missing = [d for d in dirs if not d.exists()]
     if missing:
         print(f"error: not found: {', '.join(map(str, missing))}", file=sys.stderr)
         sys.exit(2)
-    out = args.out or (args.dirs[0] if args.dirs[0].is_dir() else args.dirs[0].parent) / "tables"
+    first = args.dirs[0]
+    out = args.out or (first.parent if first.is_file() else first) / "tables"
     try:
-        make_tables(args.dirs, out, args.metric)
+        make_tables(dirs, out, args.metric)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
