@@ -117,6 +117,42 @@ def make_set(
     return set_dir
 
 
+class _Source:
+    """What `write_distilled_set` reads: ``load(item)`` and ``items``."""
+
+    def __init__(self, keys):
+        self.keys = keys
+        self.items = list(range(len(keys) * 8))
+
+    def load(self, item):
+        return Image.new("RGB", (64, 64), colour(self.keys[item // 8], item % 8 // 4))
+
+
+def test_reads_the_sets_distill_writes(tmp_path):
+    """The set as `distill.assembly.write_distilled_set` writes it (2x2 tilings, minimax
+    order), exported to every format."""
+    from distill.assembly import PatchRef, write_distilled_set
+
+    classes = [
+        {"index": i, "key": k, "name": k, "source_index": WOOF_SORTED.index(k)}
+        for i, k in enumerate(WOOF_MINIMAX)
+    ]
+    refs = {
+        i: [PatchRef(i * 8 + r, f"src{i}_{r}", (0, 0, 64, 64)) for r in range(8)] for i in range(10)
+    }
+    set_dir = tmp_path / "run" / "distilled" / "ipc2"
+    info = {"dataset": "imagewoof", "class_order": "minimax", "class_subset": False}
+    write_distilled_set(set_dir, classes, refs, _Source(WOOF_MINIMAX), 2, 2, 32, info=info)
+    for fmt in ("rded", "imagefolder", "ddranking"):
+        [(out, rec)] = export(tmp_path / "run", fmt)
+        assert rec["images"] == 20 and [c["key"] for c in rec["classes"]] == WOOF_MINIMAX
+        assert rec["source_set"]["tiles"] == 2 and rec["label_order"] == (
+            "ddranking:ImageWoof" if fmt == "ddranking" else "minimax"
+        )
+    ds = ImageFolder(str(tmp_path / "run" / "export" / "imagefolder" / "ipc2"))
+    assert [f.split("_", 1)[1] for f in ds.class_to_idx] == WOOF_MINIMAX
+
+
 def read_json(p: Path) -> dict:
     return json.loads(p.read_text())
 
