@@ -8,7 +8,7 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 PYTEST := $(TEST_ENV) $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench bench-quality bench-timesteps mutation clean
+.PHONY: help install demo test test-all lint format bench bench-quality bench-timesteps bench-evidence mutation clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -49,6 +49,9 @@ bench-quality: $(STAMP) ## Small-scale reproduction on Fashion-MNIST (about 3.5 
 
 bench-timesteps: $(STAMP) ## Stage I timestep schemes vs a 64-draw reference on the embedded model (about 6-12 min; results/timestep_schemes.md)
 	$(TEST_ENV) $(PY) benchmarks/timestep_schemes.py
+
+bench-evidence: $(STAMP) ## Paper's low-resolution protocol on real Fashion-MNIST items: ours vs random, herding, k-center, teacher (hours; results/lowres_evidence.md)
+	$(TEST_ENV) $(PY) benchmarks/lowres_evidence.py
 
 # mutmut runs the unit tests of [tool.mutmut] (pyproject.toml) against every mutant of the
 # method's and protocol's arithmetic; slow (tens of minutes), so never part of `make test`.

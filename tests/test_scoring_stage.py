@@ -269,6 +269,11 @@ def test_multirun_sweep_with_ddp_runs_each_job_once(tmp_path):
     # No job started the sweep again: exactly two scoring passes were logged.
     logged = f"bank: {n_images} images scored"
     assert proc.stdout.count(logged) + proc.stderr.count(logged) == 2
+    # The sweep ends in one comparison: a row per job, naming only what differs.
+    text = (sweep / "sweep_summary.md").read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| 0 |") or ln.startswith("| 1 |")]
+    assert len(rows) == 2 and "scoring.t_range=[0.1,0.3]" in rows[0] and "stages" not in rows[0]
+    assert f"| {n_images} |" in rows[0] and (sweep / "sweep_summary.csv").is_file()
 
 
 def test_cli_missing_model_fails_with_path(tmp_path):
