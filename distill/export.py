@@ -713,6 +713,12 @@ def main(argv: list[str] | None = None) -> int:
         ipc = args.ipc
         if ipc is not None and (isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1):
             raise ConfigError(f"ipc={ipc!r} must be a positive integer (or absent: all)")
+        if not isinstance(args.overwrite, bool):
+            raise ConfigError(f"overwrite={args.overwrite!r} must be true or false")
+        if args.quality is not None and (
+            isinstance(args.quality, bool) or not isinstance(args.quality, int)
+        ):
+            raise ConfigError(f"quality={args.quality!r} must be an integer 1..100 (JPEG)")
         size = args["size"]
         size = OmegaConf.to_container(size) if OmegaConf.is_config(size) else size
         options = {

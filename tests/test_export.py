@@ -424,6 +424,9 @@ def test_cli_one_line_errors_and_help(tmp_path, capsys):
         ): "quality= applies to format=rded",
         (str(tmp_path / "run"), "format=rded", "colour=red"): "unknown arguments ['colour']",
         (str(tmp_path / "run"), "format=rded", "ipc=0"): "ipc=0 must be a positive integer",
+        (str(tmp_path / "run"), "format=rded", "quality=high"): "quality='high' must be an",
+        (str(tmp_path / "run"), "format=rded", "overwrite=maybe"): "overwrite='maybe' must be true",
+        (str(tmp_path / "run"), "format=ddranking", "size=abc"): "size='abc' must be",
     }
     for argv, msg in cases.items():
         assert main(list(argv)) == 2, argv
