@@ -22,6 +22,7 @@ from distill.bank import (
     mark_complete,
     prepare_stage,
     read_meta,
+    releases_bank_locks,
 )
 from distill.errors import ConfigError, DataError
 from distill.io import atomic_write_json
@@ -141,6 +142,7 @@ def uses_clusters(cfg: DictConfig, stage: str) -> bool:
 
 # The stage driver (bank I/O, wiring, log lines) is tested end to end by tests/test_stage2.py,
 # too slow to run per mutant: `make mutation` leaves it out.
+@releases_bank_locks
 def run_cluster(cfg: DictConfig) -> None:  # pragma: no mutate block
     """Cluster every class of the bank (the ``cluster`` stage; rank 0 only, seconds)."""
     if not uses_clusters(cfg, "cluster"):

@@ -24,7 +24,9 @@ from distill.bank import (
     mark_complete,
     merge_shards,
     prepare_stage,
+    releases_bank_locks,
     shard_done,
+    write_npy,
 )
 from distill.clustering import uses_clusters
 from distill.data import build_source
@@ -229,12 +231,13 @@ def features_spec(cfg: DictConfig, bank, backend) -> dict:
     }
 
 
+@releases_bank_locks
 def run_features(cfg: DictConfig) -> None:
     """Compute DIFT features for every patch in the bank (the ``features`` stage)."""
     quiet_third_party()
     if not uses_clusters(cfg, "features"):
         return
-    from distill.scoring.stage import load_backend
+    from distill.scoring.stage import check_items_unchanged, load_backend
 
     bank_dir = Path(cfg.paths.bank_dir)
     bank = load_bank(bank_dir)
@@ -250,7 +253,9 @@ def run_features(cfg: DictConfig) -> None:
             "bank %s already holds features (hash %s): reusing them", bank_dir, entry["hash"][:12]
         )
         return
-    todo = pending(shards, lambda s: shard_done(bank_dir, "features", s.id, len(s.items)))
+    todo = pending(
+        shards, lambda s: shard_done(bank_dir, "features", s.id, len(s.items), entry["hash"])
+    )
     n_todo = sum(len(s.items) for s in todo)
     log.info(
         "DIFT features for %d of %d images (%d of %d shards left; hash %s)",
@@ -265,6 +270,7 @@ def run_features(cfg: DictConfig) -> None:
         if "data_cfg" in bank.meta
         else build_source(cfg.data)
     )
+    check_items_unchanged(bank_dir, bank.spec, source)  # the boxes are of the scored pixels
 
     def inputs():
         module = DiftModule(backend, [_Cls(c) for c in bank.classes], cfg.features)
@@ -290,8 +296,6 @@ class _Cls:
 
 
 def _merge_features(bank_dir: Path, bank, shards: list[Shard]) -> None:
-    from distill.io import atomic_path
-
     recs = merge_shards(bank_dir, "features", [s.id for s in shards])
     ok = [r for r in recs if "error" not in r]
     for r in recs:
@@ -302,8 +306,7 @@ def _merge_features(bank_dir: Path, bank, shards: list[Shard]) -> None:
     feats = np.stack([r["feature"] for r in ok]).astype(np.float16)
     owners = np.array([[r["index"], r["k"]] for r in ok], dtype=np.int64)
     for name, arr in (("features.npy", feats), ("feature_owners.npy", owners)):
-        with atomic_path(bank_dir / name) as tmp, open(tmp, "wb") as f:
-            np.save(f, arr)
+        write_npy(bank_dir / name, arr)
     mark_complete(
         bank_dir,
         "features",

@@ -22,7 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from distill.assembly import PatchRef, write_distilled_set
-from distill.bank import load_bank
+from distill.bank import load_bank, load_clusters, load_owners, read_meta
 from distill.data import build_source
 from distill.data.images import resized_size
 from distill.errors import ConfigError, DataError, DistillError
@@ -253,16 +253,16 @@ def materialize(
     out_root = Path(out_dir) if out_dir is not None else default_out
     if out_root is None:
         raise ConfigError("materialize needs out_dir when there is no bank_dir")
-    meta = (
-        bank.meta
-        if bank is not None
-        else (json.loads((bank_path / "meta.json").read_text()) if bank_dir is not None else {})
-    )
+    meta = bank.meta if bank is not None else (read_meta(bank_path) if bank_dir is not None else {})
     if source is None:
         cfg = data_cfg if data_cfg is not None else meta.get("data_cfg")
         if cfg is None:
             raise DataError("the bank does not record its dataset (data_cfg); pass data_cfg")
         source = build_source(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg)
+    if bank is not None:  # the bank's boxes are of the pixels it scored
+        from distill.scoring.stage import check_items_unchanged
+
+        check_items_unchanged(bank.path, bank.spec, source)
     all_classes = [c.to_dict() for c in source.classes] if bank is None else bank.classes
     chosen = choose_classes(all_classes, classes)
     if bank is not None:
@@ -280,15 +280,13 @@ def materialize(
                 f"{bank.path} holds no complete clustering: run the features and cluster stages, "
                 "or pass cluster=none"
             )
-        import numpy as np
-
-        clusters = json.loads(cpath.read_text())
+        clusters = load_clusters(bank.path, bank.meta)
         if clusters.get("hash") != entry.get("hash"):
             raise DataError(
                 f"{cpath} is stale (made under another features or cluster config): re-run the "
                 "cluster stage, or pass cluster=none"
             )
-        owners = np.load(bank.path / "feature_owners.npy")
+        owners = load_owners(bank.path, bank.meta)
     # A run's figures sit beside its distilled/ folder; any other out_dir keeps its own.
     fig_root = out_root.parent / "figures" if out_root.name == "distilled" else out_root / "figures"
     summary = {}
@@ -430,12 +428,14 @@ PAPER = dict(top_clusters=10, concat_max_ipc=10, tiles=2, tile_min_size=128)
 def recorded_settings(bank_dir) -> dict:
     """Selection and assembly settings of the run that made a bank (materialise's defaults)."""
     bank, _ = resolve_bank_dir(bank_dir)
-    meta = json.loads((bank / "meta.json").read_text())
+    meta = read_meta(bank)
     out = dict(meta.get("assemble", {}))
     if (bank / "clusters.json").is_file():
-        out.setdefault(
-            "top_clusters", json.loads((bank / "clusters.json").read_text()).get("top_clusters")
-        )
+        try:
+            top = json.loads((bank / "clusters.json").read_text(encoding="utf-8"))["top_clusters"]
+        except (ValueError, KeyError, TypeError):  # damaged: named by `load_clusters` if used
+            top = None
+        out.setdefault("top_clusters", top)
     return {k: v for k, v in out.items() if v is not None}
 
 
