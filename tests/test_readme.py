@@ -157,6 +157,12 @@ def test_own_folder_then_a_subset_then_a_preset(tmp_path):
     _run(argv, tmp_path)
     assert (run_dir / "distilled" / "classes-cat+fox" / "ipc2" / "set.json").is_file()
 
+    argv = recipe("distill.export outputs/distill/runs/RUN format=imagefolder")
+    argv = [str(run_dir) if a == "outputs/distill/runs/RUN" else a for a in argv]
+    argv = [a for a in argv if not a.startswith("ipc=")] + ["ipc=1"]
+    _run(argv, tmp_path)
+    assert (run_dir / "export" / "imagefolder" / "ipc1" / "export.json").is_file()
+
     out = _run(recipe("distill experiment=imagewoof_ipc10 --cfg job"), tmp_path).stdout
     assert "name: imagewoof" in out
     assert "bank_dir" in _run(["distill.materialize", "--help"], tmp_path).stdout
