@@ -142,7 +142,9 @@ def summarise(per: dict) -> dict:
                 pooled = float(np.sqrt((r["std_over_sets"] ** 2 + base["std_over_sets"] ** 2) / 2))
                 r["gain_over_random"] = r["mean"] - base["mean"]
                 r["pooled_std_over_sets"] = pooled
-                r["beats_random_2sd"] = bool(r["gain_over_random"] > 2 * pooled)
+                # With one set draw there is no spread over sets to compare against.
+                enough = r["sets"] > 1 and base["sets"] > 1
+                r["beats_random_2sd"] = bool(r["gain_over_random"] > 2 * pooled) if enough else None
     return rep
 
 

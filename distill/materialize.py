@@ -13,9 +13,11 @@ calls `materialize` too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from distill.selection import (
     select_by_relevance,
     select_clustered,
 )
+from distill.validate import check_reuse, normalize_ipc
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,60 @@ def choose_classes(all_classes: list[dict], wanted) -> list[dict]:
     ]
 
 
+def method_label(selector: str, selector_mode: str = "crop", use_clusters: bool = True) -> str:
+    """The method's name in figure titles (the tables' names: ours, random crops, ...)."""
+    if selector == "diffusion":
+        return "ours" if use_clusters else "ours w/o clustering"
+    if selector == "random":
+        return "random real images" if selector_mode == "image" else "random real crops"
+    if selector in ("herding", "kcenter"):
+        return {"herding": "herding", "kcenter": "k-center greedy"}[selector] + " (real images)"
+    return "teacher crops (RDED-style)"
+
+
+def subset_folder(chosen: list[dict]) -> str:
+    """Folder name of a class-subset set: ``classes-<key>+<key>`` for up to four short keys,
+    else ``classes-<count>-<digest of the keys>``; the set's ``ipc{K}`` folders go inside."""
+    keys = [str(c["key"]) for c in chosen]
+    joined = "+".join(keys)
+    if (
+        len(keys) <= 4
+        and len(joined) <= 60
+        and all(k.replace("_", "").replace("-", "").isalnum() for k in keys)
+    ):
+        return f"classes-{joined}"
+    digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:8]
+    return f"classes-{len(keys)}-{digest}"
+
+
+def check_overwrite(set_dir: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse to replace an existing set made with other settings unless ``overwrite``.
+
+    The same settings again (a resumed or repeated run) rewrite the same set, which is safe;
+    anything else would silently swap the set a colleague or an evaluation already uses.
+    """
+    if overwrite or not set_dir.exists():
+        return
+    info_path = set_dir / "set.json"
+    try:
+        old = json.loads(info_path.read_text()).get("settings") if info_path.is_file() else None
+    except (OSError, ValueError):
+        old = None
+    if old == settings:
+        return
+    if old is None:
+        diff = "it records no settings (made by an older version, or not by materialise)"
+    else:
+        diff = ", ".join(
+            f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v
+        )
+    raise ConfigError(
+        f"{set_dir} already holds a distilled set made with other settings ({diff}); pass "
+        "overwrite=true (assemble.overwrite=true in a pipeline run) to replace it, or another "
+        "out_dir"
+    )
+
+
 def diffusion_refs(
     bank,
     source,
@@ -93,6 +150,7 @@ def diffusion_refs(
     strict: bool,
     clusters=None,
     owners=None,
+    max_reuse: int | None = 2,
 ) -> dict:
     """Per distilled label, the picked patches (as `PatchRef`) in rank order."""
     index_of = {it.source: i for i, it in enumerate(source.items)}
@@ -120,6 +178,7 @@ def diffusion_refs(
                     where[pid] = (ri, k)
                     patches.append(Patch(pid, float(s)))
             picks = select_by_relevance(patches, ipc, concat_max_ipc, tiles)
+        check_reuse(f"class {c['source_index']} ({c['name']})", len(patches), need, max_reuse)
         reused = sum(pk.note == "reused" for pk in picks)
         if not picks or reused:
             msg = (
@@ -237,6 +296,8 @@ def materialize(
     teacher_checkpoint: str | None = None,
     crops_per_image: int = 5,
     set_info: dict | None = None,
+    max_reuse: int | None = 2,
+    overwrite: bool = False,
 ) -> dict:
     """Write ``distilled/ipc{K}`` for every K in ``ipcs``; returns a summary per IPC.
 
@@ -289,6 +350,13 @@ def materialize(
         owners = load_owners(bank.path, bank.meta)
     # A run's figures sit beside its distilled/ folder; any other out_dir keeps its own.
     fig_root = out_root.parent / "figures" if out_root.name == "distilled" else out_root / "figures"
+    run_name = out_root.parent.name if out_root.name == "distilled" else out_root.name
+    method = method_label(selector, selector_mode, use_clusters)
+    subset = [c["source_index"] for c in chosen] != list(range(len(all_classes)))
+    if subset:
+        # A class subset never takes the full set's folder (nor its figures' folder).
+        name = subset_folder(chosen)
+        out_root, fig_root = out_root / name, fig_root / name
     summary = {}
     for ipc in [int(k) for k in ipcs]:
         if ipc < 1:
@@ -306,6 +374,7 @@ def materialize(
                 strict,
                 clusters,
                 owners,
+                max_reuse,
             )
         elif selector == "teacher":
             from distill.teacher_selector import teacher_refs
@@ -322,16 +391,34 @@ def materialize(
                 crops_per_image,
                 seed,
             )
+        elif selector in ("herding", "kcenter"):
+            from distill.coreset import coreset_refs
+
+            refs = coreset_refs(
+                source, chosen, ipc, concat_max_ipc, tiles, teacher_checkpoint, selector
+            )
         elif selector == "random":
             refs = random_refs(
                 source, chosen, ipc, concat_max_ipc, tiles, patch, short_edge, selector_mode, seed
             )
         else:
             raise ConfigError(
-                f"selector.kind={selector!r} must be 'diffusion', 'random' or 'teacher'"
+                f"selector.kind={selector!r} must be 'diffusion', 'random', 'teacher', "
+                "'herding' or 'kcenter'"
             )
         per_image = patches_per_image(ipc, concat_max_ipc, tiles)
         set_dir = out_root / f"ipc{ipc}"
+        settings = {
+            "classes": [c["key"] for c in chosen],
+            "selector": selector,
+            "selector_mode": selector_mode if selector == "random" else None,
+            "seed": seed if selector != "diffusion" else None,
+            "use_clusters": bool(use_clusters),
+            "top_clusters": int(top_clusters) if use_clusters else None,
+            "tiles": 1 if per_image == 1 else tiles,
+            "image_size": size,
+        }
+        check_overwrite(set_dir, settings, overwrite)
         info = write_distilled_set(
             set_dir,
             chosen,
@@ -345,8 +432,8 @@ def materialize(
                 "selector": selector,
                 "dataset": source.name,
                 "class_order": getattr(source, "class_order", "native"),
-                "class_subset": [c["source_index"] for c in chosen]
-                != list(range(len(all_classes))),
+                "class_subset": subset,
+                "settings": settings,
                 **(set_info or {}),
             },
         )
@@ -358,7 +445,11 @@ def materialize(
             set_dir,
         )
         if figures:
-            info["figures"] = [str(p) for p in class_grids(set_dir, chosen, fig_root / f"ipc{ipc}")]
+            fig_dir = fig_root / f"ipc{ipc}"
+            if fig_dir.is_dir():  # a replaced set's per-class sheets would otherwise linger
+                shutil.rmtree(fig_dir)
+            title = f"run {run_name} - {method} - IPC {ipc}"
+            info["figures"] = [str(p) for p in class_grids(set_dir, chosen, fig_dir, title=title)]
         summary[ipc] = info
     if figures and clusters is not None:
         summary["cluster_sheets"] = [
@@ -401,7 +492,8 @@ def write_cluster_sheets(
                 source,
                 rows,
                 fig_dir / f"{c['key']}.png",
-                title=f"{c['index']}: {c['name']} - top clusters by median relevance",
+                title=f"{c['index']}: {c['name']} - top {len(rows)} clusters by median relevance "
+                f"(rows: rank, cluster id, median; patches nearest the centre first)",
             )
         )
     return paths
@@ -421,6 +513,24 @@ DEFAULTS = dict(
     tile_min_size=None,
     strict=False,
     figures=True,
+    max_reuse=2,
+    overwrite=False,
+)
+ARG_HELP = dict(
+    bank_dir="a distill run folder holding bank/, or a bank folder (required)",
+    ipc="images per class: 10 or a list [1,10,50]",
+    classes="a subset: bank label indices, class keys or names; written to classes-<...>/",
+    out_dir="where the ipc{K} folders go (default: RUN_DIR/distilled)",
+    cluster="kmeans (the bank's clusters) or none (relevance only, paper Table 5)",
+    top_clusters="clusters drawn from (default: the run's setting)",
+    concat_max_ipc="tile 2x2 up to this IPC (default: the run's setting)",
+    tiles="patches per side of a tiled image (default: the run's setting)",
+    image_size="side of a distilled image in pixels (default: the run's setting)",
+    tile_min_size="never tile images smaller than this (default: the run's setting)",
+    strict="error instead of warning when a class has too few patches",
+    figures="write the per-class figures",
+    max_reuse="most uses of one patch when a class has too few (null = no limit)",
+    overwrite="replace an existing set made with other settings",
 )
 PAPER = dict(top_clusters=10, concat_max_ipc=10, tiles=2, tile_min_size=128)
 
@@ -439,14 +549,27 @@ def recorded_settings(bank_dir) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def usage() -> str:
+    """``--help``: the module's recipes and every argument with its default."""
+    lines = [__doc__.strip(), "", "arguments (key=value):"]
+    for k, v in DEFAULTS.items():
+        default = "" if v is None else f" [default: {v}]"
+        lines.append(f"  {k:<15} {ARG_HELP[k]}{default}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``key=value`` arguments (OmegaConf syntax), e.g. ``bank_dir=RUN ipc=[20] classes=[0,2]``."""
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(usage())
+        return 0
     logging.basicConfig(
         level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
     )
     args = OmegaConf.merge(
         OmegaConf.create(DEFAULTS),
-        OmegaConf.from_dotlist(argv if argv is not None else sys.argv[1:]),
+        OmegaConf.from_dotlist(argv),
     )
     unknown = set(args) - set(DEFAULTS)
     try:
@@ -456,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(
                 "bank_dir=RUN_DIR is required (a run folder holding bank/, or a bank folder)"
             )
-        ipcs = list(args.ipc) if OmegaConf.is_list(args.ipc) else [int(args.ipc)]
+        ipcs = normalize_ipc(args)
         classes = list(args.classes) if args.classes is not None else None
         recorded = recorded_settings(args.bank_dir)
 
@@ -477,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             tile_min_size=int(pick("tile_min_size")),
             strict=bool(args.strict),
             figures=bool(args.figures),
+            max_reuse=args.max_reuse,
+            overwrite=bool(args.overwrite),
         )
     except DistillError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -503,6 +628,8 @@ def run_assemble(cfg) -> None:
         tile_min_size=int(cfg.assemble.get("tile_min_size", PAPER["tile_min_size"])),
         strict=bool(cfg.assemble.get("strict", False)),
         image_format=str(cfg.assemble.get("image_format", "png")),
+        max_reuse=cfg.assemble.get("max_reuse", 2),
+        overwrite=bool(cfg.assemble.get("overwrite", False)),
     )
     if selector == "diffusion":
         from distill.bank import read_meta, write_meta
