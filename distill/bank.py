@@ -646,6 +646,52 @@ def merge_shards(
     return records
 
 
+# ----------------------------------------------------------------------------- source images
+# Here rather than in the score stage, which hashes it into its spec, so that materialise can
+# check it without importing the model stack.
+
+
+def items_digest(source) -> str:
+    """A digest of the exact image list: a changed folder, or a file edited in place, is a
+    new bank.
+
+    Each item adds its id, label and size; a file-backed item also its byte length and
+    modification time (``st_mtime_ns``), so an image replaced or edited after a run makes the
+    next run a mismatch instead of cutting the new pixels with the old boxes. Not a content
+    hash: reading every file (1.3M, ~140 GB for ImageNet-1k) would cost each run about what
+    scoring a few thousand images does, a stat a few microseconds per file. So an edit that
+    keeps the byte length and resets the time (``touch -r``) goes unnoticed, and a copy that
+    does not keep times (``cp`` without ``-p``; ``cp -a`` and ``rsync -a`` keep them) reads as
+    an edit. Array-backed items (CIFAR, Fashion-MNIST) have no file: id, label and size only.
+    """
+    h = hashlib.sha256()
+    for it in source.items:
+        line = f"{it.source}\x1f{it.label}\x1f{it.size[0]}x{it.size[1]}"
+        path = getattr(it, "path", None)
+        if path is not None:
+            try:
+                st = os.stat(path)
+                line += f"\x1f{st.st_size}\x1f{st.st_mtime_ns}"
+            except OSError:
+                line += "\x1fmissing"
+        h.update(f"{line}\n".encode())
+    return h.hexdigest()
+
+
+def check_items_unchanged(bank_dir, bank_spec: dict, source) -> None:
+    """Refuse to cut patches from source images that changed since the bank scored them
+    (stages that reread pixels with the bank's boxes: features, assembly)."""
+    want = bank_spec.get("items", {})
+    got = {"count": len(source.items), "digest": items_digest(source)}
+    if got != want:
+        raise BankMismatchError(
+            f"the source images changed since {bank_dir} scored them (the file list, or a "
+            f"file's size or modification time: {want.get('count')} -> {got['count']} "
+            f"images, digest {str(want.get('digest'))[:12]} -> {got['digest'][:12]}); "
+            "re-run the score stage with scoring.on_mismatch=rebuild"
+        )
+
+
 # ----------------------------------------------------------------------------- reading a bank
 
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from distill.bank import (
+    check_items_unchanged,
     config_hash,
     load_bank,
     mark_complete,
@@ -237,7 +238,7 @@ def run_features(cfg: DictConfig) -> None:
     quiet_third_party()
     if not uses_clusters(cfg, "features"):
         return
-    from distill.scoring.stage import check_items_unchanged, load_backend
+    from distill.scoring.stage import load_backend
 
     bank_dir = Path(cfg.paths.bank_dir)
     bank = load_bank(bank_dir)

@@ -24,7 +24,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from distill.assembly import PatchRef, write_distilled_set
-from distill.bank import load_bank, load_clusters, load_owners, read_meta
+from distill.bank import check_items_unchanged, load_bank, load_clusters, load_owners, read_meta
 from distill.data import build_source
 from distill.data.images import resized_size
 from distill.errors import ConfigError, DataError, DistillError
@@ -321,8 +321,6 @@ def materialize(
             raise DataError("the bank does not record its dataset (data_cfg); pass data_cfg")
         source = build_source(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg)
     if bank is not None:  # the bank's boxes are of the pixels it scored
-        from distill.scoring.stage import check_items_unchanged
-
         check_items_unchanged(bank.path, bank.spec, source)
     all_classes = [c.to_dict() for c in source.classes] if bank is None else bank.classes
     chosen = choose_classes(all_classes, classes)
