@@ -339,6 +339,43 @@ def test_a_second_run_waits_for_the_lock_and_names_its_holder(tmp_path, monkeypa
     assert can_lock(bank / "lock")
 
 
+def test_a_run_in_another_process_holds_the_bank_until_it_ends(tmp_path, monkeypatch, caplog):
+    """The holder is a real second process running `prepare_stage`; this one waits, names
+    that process's pid, and goes on once it exits, finding what it recorded."""
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(bank_mod, "LOCK_POLL_S", 0.05)
+    bank = tmp_path / "bank"
+    code = (
+        "import sys; from distill.bank import prepare_stage; "
+        f"prepare_stage({str(bank)!r}, 'score', {spec()!r}); print('locked', flush=True); "
+        "sys.stdin.read()"  # hold the lock until the test closes stdin
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        got: dict = {}
+        waiter = threading.Thread(
+            target=lambda: got.update(entry=prepare_stage(bank, "score", spec()))
+        )
+        with caplog.at_level(logging.INFO, logger="distill.bank"):
+            waiter.start()
+            time.sleep(0.5)
+            assert waiter.is_alive() and f"in use by pid {first.pid} " in caplog.text
+            first.stdin.close()  # the first run ends
+            first.wait(30)
+            waiter.join(30)
+        assert not waiter.is_alive() and "is free again" in caplog.text
+        meta = json.loads((bank / "meta.json").read_text())
+        assert got["entry"]["created"] == meta["stages"]["score"]["created"], "its entry, reused"
+    finally:
+        first.kill()
+        release_bank(bank)
+
+
 def test_stage_entry_points_release_their_locks(tmp_path):
     bank = tmp_path / "bank"
     inside = {}
