@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from PIL import Image
 
 from distill.data.images import UnreadableImage
 from distill.errors import DataError
-from distill.io import atomic_write_json, write_csv_rows
+from distill.io import atomic_write_json, temp_dir, write_csv_rows
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ def write_distilled_set(
     per_image = tiles * tiles
     tile_size = image_size // tiles
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = temp_dir(out_dir)
     rows: list[list] = []
     counts = {}
     try:

@@ -46,7 +46,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +54,7 @@ from omegaconf import OmegaConf
 
 from distill.data.images import UnreadableImage, is_image_name, load_rgb
 from distill.errors import ConfigError, DataError, DistillError
-from distill.io import atomic_write_json, human_bytes, write_csv_rows
+from distill.io import atomic_write_json, human_bytes, temp_dir, write_csv_rows
 
 log = logging.getLogger(__name__)
 
@@ -517,7 +516,7 @@ def export_set(
         extra["ddranking_dataset"] = ddr
         order_name = f"ddranking:{ddr}" if ddr else order_name
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir(out)
     try:
         if fmt == "rded":
             classes, folders, files = _write_rded(s, tmp, int(quality))

@@ -49,6 +49,23 @@ def _new_temp(path: Path) -> Path:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
+def temp_dir(path: str | Path) -> Path:
+    """Create an empty temporary folder beside ``path`` (renamed onto it when complete).
+
+    ``os.mkdir`` with mode 0o777 lets the umask apply (``tempfile.mkdtemp`` makes 0700
+    folders: a distilled set nobody else could open).
+    """
+    path = Path(path)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":

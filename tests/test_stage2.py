@@ -166,6 +166,20 @@ def test_pipeline_writes_every_ipc(pipeline_run):
     assert {c["num_centers"] for c in clusters["classes"].values()} == {4}
 
 
+def test_sets_and_their_files_respect_the_umask(pipeline_run):
+    """A distilled set is for colleagues too: folders 0777 and files 0666 less the umask
+    (tempfile.mkdtemp's 0700 made every set private)."""
+    import os
+    import stat
+
+    out, _ = pipeline_run
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in (out / "distilled" / "ipc10", *(out / "distilled" / "ipc10").iterdir()):
+        want = (0o777 if p.is_dir() else 0o666) & ~mask
+        assert stat.S_IMODE(p.stat().st_mode) == want, p
+
+
 def test_run_ends_with_a_summary(pipeline_run):
     out, cfg = pipeline_run
     text = (out / "summary.md").read_text()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from distill.io import temp_dir
+
 # SD v1.5's DDPM schedule (its scheduler/scheduler_config.json).
 SD15_SCHEDULE = dict(
     num_train_timesteps=1000,
@@ -167,7 +169,7 @@ def ensure_tiny_model(cache_dir: str | Path, seed: int = 0) -> Path:
     if (path / "model_index.json").is_file():
         return path
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=cache))
+    tmp = temp_dir(path)
     try:
         save_components(tiny_components(seed), tmp)
         try:
