@@ -210,6 +210,39 @@ def build_cells(results: list[dict], spec: TableSpec, metric: str) -> dict:
     return groups
 
 
+# The reference every table compares against: random real images of the same IPC
+# (DD-Ranking's "gain over random"), else random real crops. Method names as evaluate writes
+# them (evaluate.run._method) and as the benchmarks pass them with method=.
+RANDOM_METHODS = ("random_image", "random", "random_crop")
+
+
+def add_gains(groups: dict, spec: TableSpec) -> None:
+    """Give every cell with a random-real reference at the same IPC its ``gain`` (headline
+    mean minus the reference's) and ``gain_ref`` (which random method it is measured from).
+
+    In the method x IPC table the reference is a row of the same group; in the others the
+    method is part of the group, so the reference is the same cell of the group that differs
+    only in its method.
+    """
+    method_at = spec.group.index("method") if "method" in spec.group else None
+    for g, cells in groups.items():
+        for (row, col), cell in cells.items():
+            ref, name = None, None
+            for m in RANDOM_METHODS:
+                if method_at is None:
+                    if row not in RANDOM_METHODS:
+                        ref, name = cells.get((m, col)), m
+                else:
+                    if g[method_at] not in RANDOM_METHODS:
+                        other = groups.get((*g[:method_at], m, *g[method_at + 1 :]), {})
+                        ref, name = other.get((row, col)), m
+                if ref is not None:
+                    break
+            if ref is not None:
+                cell["gain"] = cell["mean"] - ref["mean"]
+                cell["gain_ref"] = name
+
+
 # Per-seed lists in results.json behind each metric. "best" is what the paper and RDED report:
 # the best top-1 over the validations in the last 20 % of epochs; "final" is the last epoch's.
 METRICS = {"best": "acc_best", "final": "acc_final"}
@@ -226,9 +259,10 @@ def _std(a: np.ndarray) -> float:
 def _fmt(cell: dict | None) -> str:
     if cell is None:
         return "-"
+    gain = f"; **{cell['gain']:+.1f}** vs {cell['gain_ref']}" if "gain" in cell else ""
     return (
         f"{cell['mean']:.1f} ± {cell['std']:.1f} "
-        f"({cell['other_mean']:.1f} ± {cell['other_std']:.1f}, n={cell['n']})"
+        f"({cell['other_mean']:.1f} ± {cell['other_std']:.1f}, n={cell['n']}{gain})"
     )
 
 
@@ -243,7 +277,9 @@ def render_markdown(groups: dict, spec: TableSpec, metric: str) -> str:
         f"## {spec.title}",
         "",
         f"Top-1 %, mean ± std over seeds: **{metric}** ({_describe(metric)}), then in "
-        f"brackets {_other(metric)} ({_describe(_other(metric))}) and the number of seeds.",
+        f"brackets {_other(metric)} ({_describe(_other(metric))}) and the number of seeds; "
+        "where random real images (or crops) of the same IPC were evaluated too, the gain "
+        "over them in bold (DD-Ranking's view: what the selection buys over chance).",
         "",
     ]
     if not groups:
@@ -284,6 +320,8 @@ def write_csv(groups: dict, spec: TableSpec, path: Path, metric: str = "best") -
         f"{other}_mean",
         f"{other}_std",
         "n",
+        "gain_over_random",
+        "random_reference",
         "source",
     ]
     rows = []
@@ -304,6 +342,8 @@ def write_csv(groups: dict, spec: TableSpec, path: Path, metric: str = "best") -
                             round(cell["other_mean"], 4),
                             round(cell["other_std"], 4),
                             cell["n"],
+                            round(cell["gain"], 4) if "gain" in cell else "",
+                            cell.get("gain_ref", ""),
                             cell["path"],
                         ]
                     )
@@ -379,6 +419,7 @@ def make_tables(dirs: list[Path], out: Path, metric: str = "best") -> dict[str, 
     parts = []
     for spec in TABLES:
         groups = build_cells(results, spec, metric)
+        add_gains(groups, spec)
         md = render_markdown(groups, spec, metric)
         parts.append(md)
         files = [out / f"{spec.name}.md", out / f"{spec.name}.csv"]

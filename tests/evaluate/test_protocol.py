@@ -239,10 +239,20 @@ def test_tables_show_best_and_carry_final(tmp_path, capsys):
     md = files["method_ipc"][0].read_text()
     assert "**best**" in md and "45.0 ± 1.4 (41.0 ± 1.4, n=2)" in md
     csv_text = files["method_ipc"][1].read_text().splitlines()
-    assert csv_text[0].split(",")[-7:] == [
-        "metric", "mean", "std", "final_mean", "final_std", "n", "source",
+    assert csv_text[0].split(",")[-9:] == [
+        "metric", "mean", "std", "final_mean", "final_std", "n", "gain_over_random",
+        "random_reference", "source",
     ]  # fmt: skip
-    assert csv_text[1].split(",")[-7:-1] == ["best", "45.0", "1.4142", "41.0", "1.4142", "2"]
+    assert csv_text[1].split(",")[-9:-1] == [
+        "best",
+        "45.0",
+        "1.4142",
+        "41.0",
+        "1.4142",
+        "2",
+        "",
+        "",
+    ]
     md_final = make_tables([tmp_path], tmp_path / "t2", "final")["method_ipc"][0].read_text()
     assert "41.0 ± 1.4 (45.0 ± 1.4, n=2)" in md_final
 

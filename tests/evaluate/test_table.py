@@ -69,3 +69,28 @@ def test_class_subset_runs_get_their_own_rows(tmp_path):
     _result(tmp_path / "sub", 10, 80.0, class_subset=["sandal", "bag"])
     ds = sorted(r["dataset"] for r in find_results([tmp_path]))
     assert ds == ["fashion_mnist", "fashion_mnist[sandal, bag]"]
+
+
+def test_gain_over_random_is_a_column_of_every_table(tmp_path):
+    """DD-Ranking's view: each method's headline minus random real images' at the same IPC
+    (random crops when no random images were run), in the Markdown cells and the CSVs."""
+    from evaluate.table import make_tables
+
+    _result(tmp_path / "a", 10, 40.0)  # ours: best 41, 43 -> 42
+    _result(tmp_path / "b", 10, 30.0, method="random_image")  # best 31, 33 -> 32
+    _result(tmp_path / "c", 1, 20.0)  # no random at IPC 1: no gain
+    _result(tmp_path / "d", 1, 15.0, method="random_crop")  # the fallback reference
+    files = make_tables([tmp_path], tmp_path / "tables")
+    md = files["method_ipc"][0].read_text()
+    assert "**+10.0** vs random_image" in md and "**+5.0** vs random_crop" in md
+    rows = [ln.split(",") for ln in files["method_ipc"][1].read_text().splitlines()]
+    head = rows[0]
+    gain = {
+        (r[head.index("method")], r[head.index("IPC")]): r[head.index("gain_over_random")]
+        for r in rows[1:]
+    }
+    assert gain[("ours", "10")] == "10.0" and gain[("ours", "1")] == "5.0"
+    assert gain[("random_image", "10")] == ""
+    # The teacher x student table has the method in its group: the same cell of the random group.
+    ts = files["teacher_student"][0].read_text()
+    assert "**+10.0** vs random_image" in ts
