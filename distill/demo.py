@@ -4,11 +4,14 @@
     python -m distill.demo seeds=5 epochs=300 out=outputs/my_demo   # the full student protocol
 
 1. ``python -m distill`` (the ``demo`` preset): Fashion-MNIST scenes scored with the project's
-   own diffusion model, DIFT, k-means, distilled sets at IPC 1, 10 and 50;
-2. ``python -m evaluate -m experiment=fashion_mnist ipc=1,10,50``: a ConvNet-3 teacher trained
-   on the real training split (once; cached under ``paths.cache_dir``), then students on each
-   distilled set, validated on the real test split;
-3. ``python -m evaluate.table``: the method x IPC table, printed, with where the grids are.
+   own diffusion model, DIFT, k-means, distilled sets at IPC 1, 10 and 50; and the same
+   command with ``selector=random selector.mode=image``: random real images (whole scenes) at
+   the same IPCs, the reference DD-Ranking measures a method's gain against;
+2. ``python -m evaluate -m experiment=fashion_mnist ipc=1,10,50`` for each: a ConvNet-3
+   teacher trained on the real training split (once; cached under ``paths.cache_dir``; the
+   full-data reference), then students on each set, validated on the real test split;
+3. ``python -m evaluate.table``: the method x IPC table with ours' gain over random, printed,
+   with the teacher's accuracy, the seeds and where the grids are.
 
 Each step is the command a user would type; this module only chains them and reports.
 """
@@ -46,6 +49,25 @@ def _run(cmd: list[str], quiet: bool = False) -> None:
         raise SystemExit(f"demo: step failed with exit code {rc}: {' '.join(cmd)}")
 
 
+def reference_lines(eval_dir: Path, seeds: int, epochs: int) -> str:
+    """What the table's numbers stand beside: the teacher (a ConvNet-3 trained on all 60,000
+    real training items: the full-data reference of the same architecture) and the seeds."""
+    import json
+
+    teacher = None
+    for f in sorted(eval_dir.rglob("results.json")):
+        teacher = json.loads(f.read_text()).get("teacher_acc")
+        if teacher is not None:
+            break
+    got = f"{teacher:.2f} %" if isinstance(teacher, (int, float)) else "see the results.json files"
+    return (
+        f"teacher / full-data reference: ConvNet-3 trained on all 60,000 real training items, "
+        f"{got} top-1 on the test split\n"
+        f"students: ConvNet-3, {epochs} epochs, seeds 0..{seeds - 1} per cell (mean ± std over "
+        "them); bold: the gain of ours over random real images of the same IPC\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = OmegaConf.merge(
         OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
@@ -60,35 +82,44 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     py = [sys.executable, "-m"]
-    _run(
-        [
-            *py,
-            "distill",
-            "experiment=demo",
-            f"ipc=[{','.join(map(str, ipcs))}]",
-            f"hydra.run.dir={run_dir}",
-            *threads("scoring.num_threads", "features.num_threads"),
-            *args.distill_args,
-        ]
-    )
+    ipc_list = f"[{','.join(map(str, ipcs))}]"
+    # The method, then DD-Ranking's reference: random real images (whole scenes) at each IPC.
+    runs = {
+        "ours": (run_dir, []),
+        "random_image": (root / "random", ["selector=random", "selector.mode=image"]),
+    }
+    for folder, extra in runs.values():
+        _run(
+            [
+                *py,
+                "distill",
+                "experiment=demo",
+                f"ipc={ipc_list}",
+                f"hydra.run.dir={folder}",
+                *extra,
+                *threads("scoring.num_threads", "features.num_threads"),
+                *args.distill_args,
+            ]
+        )
     t1 = time.perf_counter()
-    _run(
-        [
-            *py,
-            "evaluate",
-            "-m",
-            "experiment=fashion_mnist",
-            f"distilled={run_dir}",
-            f"ipc={','.join(map(str, ipcs))}",
-            f"seeds={int(args.seeds)}",
-            f"epochs={int(args.epochs)}",
-            f"val.every_n_epochs={int(args.val_every)}",
-            "method=ours",
-            f"hydra.sweep.dir={eval_dir}",
-            *threads("num_threads"),
-            *args.evaluate_args,
-        ]
-    )
+    for method, (folder, _) in runs.items():
+        _run(
+            [
+                *py,
+                "evaluate",
+                "-m",
+                "experiment=fashion_mnist",
+                f"distilled={folder}",
+                f"ipc={','.join(map(str, ipcs))}",
+                f"seeds={int(args.seeds)}",
+                f"epochs={int(args.epochs)}",
+                f"val.every_n_epochs={int(args.val_every)}",
+                f"method={method}",
+                f"hydra.sweep.dir={eval_dir / method}",
+                *threads("num_threads"),
+                *args.evaluate_args,
+            ]
+        )
     t2 = time.perf_counter()
     _run([*py, "evaluate.table", str(eval_dir), "--out", str(root / "tables")], quiet=True)
     table = root / "tables" / "method_ipc.md"
@@ -99,10 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     if table.is_file():
         print(table.read_text())
+    print(reference_lines(eval_dir, int(args.seeds), int(args.epochs)))
     print(f"distilled images:   {run_dir / 'distilled'}/ipc{{{','.join(map(str, ipcs))}}}/")
+    print(f"random baseline:    {root / 'random' / 'distilled'}/ipc{{{','.join(map(str, ipcs))}}}/")
     print(f"image grids:        {run_dir / 'figures'}/ipc*/overview.png, clusters/*.png")
     print(f"Stage I figures:    {run_dir / 'best_patches.png'}, {run_dir / 'score_histograms.png'}")
-    print(f"student results:    {eval_dir}/*/results.json   tables: {root / 'tables'}")
+    print(f"run summary:        {run_dir / 'summary.md'}")
+    print(f"student results:    {eval_dir}/*/*/results.json   tables: {root / 'tables'}")
     return 0
 
 
