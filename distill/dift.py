@@ -222,14 +222,29 @@ class CropData(L.LightningDataModule):
 
 
 def features_spec(cfg: DictConfig, bank, backend) -> dict:
+    """What the features depend on. ``backend`` is the diffusion backend (DIFT) or the CLIP
+    fingerprint dict (``features=clip``, whose hashed settings are its own)."""
     f = OmegaConf.to_container(cfg.features, resolve=True)
+    if feature_kind(cfg) == "clip":
+        hashed = {"kind": "clip", "clip": f.get("clip")}
+        model = backend
+    else:
+        hashed, model = {k: f.get(k) for k in FEATURE_KEYS}, backend.fingerprint()
     return {
         "score_hash": bank.meta["stages"]["score"]["hash"],
-        "features": {k: f.get(k) for k in FEATURE_KEYS},
+        "features": hashed,
         "size": feature_size(bank.spec),
         "shard_size": int(f.get("shard_size", 256)),
-        "model": backend.fingerprint(),
+        "model": model,
     }
+
+
+def feature_kind(cfg: DictConfig) -> str:
+    """``dift`` (the paper's features) or ``clip`` (Table 5's CLIP image features)."""
+    kind = str(cfg.features.get("kind", "dift"))
+    if kind not in ("dift", "clip"):
+        raise ConfigError(f"features.kind={kind!r} must be 'dift' or 'clip'")
+    return kind
 
 
 @releases_bank_locks
@@ -242,7 +257,14 @@ def run_features(cfg: DictConfig) -> None:
 
     bank_dir = Path(cfg.paths.bank_dir)
     bank = load_bank(bank_dir)
-    backend = load_backend(cfg)
+    kind = feature_kind(cfg)
+    if kind == "clip":
+        from distill.clip_features import ClipFeatures, load_clip
+
+        clip = load_clip(cfg.features.clip, cfg.paths.get("cache_dir"))
+        backend = clip[4]
+    else:
+        backend = load_backend(cfg)
     spec = features_spec(cfg, bank, backend)
     mismatch = str(cfg.features.get("on_mismatch", "error"))
     entry = prepare_on_zero_first(
@@ -259,7 +281,8 @@ def run_features(cfg: DictConfig) -> None:
     )
     n_todo = sum(len(s.items) for s in todo)
     log.info(
-        "DIFT features for %d of %d images (%d of %d shards left; hash %s)",
+        "%s features for %d of %d images (%d of %d shards left; hash %s)",
+        kind.upper(),
         n_todo,
         len(bank.records),
         len(todo),
@@ -274,7 +297,14 @@ def run_features(cfg: DictConfig) -> None:
     check_items_unchanged(bank_dir, bank.spec, source)  # the boxes are of the scored pixels
 
     def inputs():
-        module = DiftModule(backend, [_Cls(c) for c in bank.classes], cfg.features)
+        if kind == "clip":
+            module = ClipFeatures(
+                *clip[:4],
+                batch=int(cfg.features.get("unet_batch", 64)),
+                num_threads=cfg.features.get("num_threads"),
+            )
+        else:
+            module = DiftModule(backend, [_Cls(c) for c in bank.classes], cfg.features)
         crops = PatchCrops(source, bank.records, spec["size"])
         data = CropData(
             crops, todo, int(cfg.features.batch_size), int(cfg.features.get("num_workers", 0))

@@ -78,9 +78,13 @@ def _setting_lines(cfg) -> list[str]:
             f"patch {s.patch}, stride {s.stride}, top-{s.topk} per image",
         ]
         if c.get("kind") != "none":
+            feats = (
+                f"CLIP {f.clip.model} ({f.clip.pretrained})"
+                if f.get("kind", "dift") == "clip"
+                else f"DIFT t={f.timestep}, ensemble {f.ensemble}"
+            )
             lines.append(
-                f"- Stage II: DIFT t={f.timestep}, ensemble {f.ensemble}; k-means "
-                f"{c.num_centers} centres, top {c.top_clusters} clusters"
+                f"- Stage II: {feats}; k-means {c.num_centers} centres, top {c.top_clusters} clusters"
             )
         else:
             lines.append("- Stage II: no clustering (relevance only)")

@@ -133,6 +133,11 @@ def check_scoring(scoring) -> None:
 
 def check_features(features, steps: int | None) -> None:
     p = "features"
+    _one_of(features, "kind", p, ("dift", "clip"))
+    if features.get("kind", "dift") == "clip":
+        for key in ("batch_size", "unet_batch", "shard_size"):
+            _int_at_least(features, key, p, 1)
+        return
     for key in ("ensemble", "batch_size", "unet_batch", "vae_batch", "shard_size"):
         _int_at_least(features, key, p, 1)
     _int_at_least(features, "up_ft_index", p, 0)
