@@ -45,6 +45,11 @@ def readme_commands() -> list[tuple[int, list[str]]]:
             cmd = line[line.index("python -m ") + len("python -m ") :]
             cmd = re.sub(r"\$\([^)]*\)", "RUN", cmd)  # $(ls -d ...) -> a placeholder
             out.append((start + first, shlex.split(cmd, comments=True)))
+    # Commands in table cells (the paper-items table): each `python -m ...` code span.
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.startswith("|"):
+            for span in re.findall(r"`(python -m [^`]+)`", line):
+                out.append((n, shlex.split(span[len("python -m ") :])))
     return out
 
 
@@ -57,8 +62,10 @@ def test_the_readme_has_recipes():
     assert len(COMMANDS) >= 25
 
 
-def _compose(module: str, argv: list[str]):
-    """Compose as the CLI would: first job of a multirun, ``...`` elisions dropped."""
+def _compose(module: str, argv: list[str]) -> list:
+    """Compose as the CLI would, every job of a multirun (up to 16), ``...`` elisions dropped."""
+    import itertools
+
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -70,32 +77,32 @@ def _compose(module: str, argv: list[str]):
         skip = a in ("--cfg", "-c")  # its value follows
         if not skip:
             args.append(a)
-    parsed = OverridesParser.create().parse_overrides(args)
-    first = []
-    for o in parsed:
+    choices = []
+    for o in OverridesParser.create().parse_overrides(args):
         if o.is_sweep_override():
-            value = next(iter(o.sweep_string_iterator()))
-            first.append(f"{o.get_key_element()}={value}")
+            key = o.get_key_element()
+            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
         else:
-            first.append(o.input_line)
+            choices.append([o.input_line])
     conf_dir = CONF / "evaluate" if module == "evaluate" else CONF
     if module == "evaluate":
         os.environ.setdefault("DPD_CONF_DIR", str(CONF))
+    jobs = list(itertools.islice(itertools.product(*choices), 16))
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        return compose(config_name=module, overrides=first)
+        return [compose(config_name=module, overrides=list(job)) for job in jobs]
 
 
 @pytest.mark.parametrize("line,argv", COMMANDS, ids=[f"L{ln}-{argv[0]}" for ln, argv in COMMANDS])
 def test_recipe_composes_and_validates(line, argv):
     module, args = argv[0], argv[1:]
     if module in ("distill", "evaluate"):
-        cfg = _compose(module, args)
-        if module == "distill":
-            from distill.validate import check_config
+        for cfg in _compose(module, args):
+            if module == "distill":
+                from distill.validate import check_config
 
-            check_config(cfg)
-        else:
-            assert cfg.mode in ("student", "teacher")
+                check_config(cfg)
+            else:
+                assert cfg.mode in ("student", "teacher")
     else:
         assert find_spec(module) is not None, f"README line {line}: no module {module}"
 
