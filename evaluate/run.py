@@ -155,6 +155,8 @@ def evaluate_students(cfg, out: Path) -> dict:
             distilled.ipc, len(classes), len(distilled.store), str(cfg.data.get("kind", ""))
         )
     )
+    # A batch larger than the set is the whole set (as a DataLoader over it would give).
+    batch = max(1, min(batch, len(distilled.store)))
     factor = rded_factor(cfg.aug.get("factor"), distilled.tiles, distilled.ipc, size)
     aug = BatchAugment(
         size,

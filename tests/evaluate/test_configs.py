@@ -63,3 +63,24 @@ def test_cross_arch_sweeps_the_table4_grid():
     params = cfg.hydra.sweeper.params
     assert params.teacher.split(",") == params.student.split(",")
     assert len(params.student.split(",")) == 7 and cfg.hydra.mode.name == "MULTIRUN"
+
+
+def test_unified_preset_is_dd_rankings_protocol():
+    """DD-Ranking's soft-label evaluation: one ResNet-18 teacher, AdamW wd 0.01, its cosine
+    (RDED's), 300 epochs, batch 1024, KL at T=1, CutMix, RandomResizedCrop (0.08, 1), no
+    ShufflePatches, 5 students; combinable with any dataset preset."""
+    from hydra import compose, initialize_config_dir
+
+    import evaluate  # noqa: F401
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF / "evaluate"), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["experiment=unified", "data=imagewoof"])
+    assert cfg.teacher.name == cfg.student.name == "resnet18"
+    assert (cfg.epochs, cfg.batch_size, cfg.seeds) == (300, 1024, 5)
+    assert cfg.schedule.name == "rded_cosine" and cfg.optim.weight_decay == 0.01
+    assert "AdamW" in cfg.optim._target_
+    assert list(cfg.aug.scale) == [0.08, 1.0] and cfg.aug.shuffle_patches == 1
+    assert (
+        cfg.aug.cutmix_beta == 1.0 and cfg.loss.temperature == 1.0 and cfg.data.name == "imagewoof"
+    )
