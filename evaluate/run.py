@@ -496,30 +496,52 @@ def _write_seed(seed_dir: Path, res: dict, student) -> None:
 def _write_run_files(cfg, out: Path, classes, distilled, real: RealData) -> None:
     write_classes_csv(classes, out / "classes.csv")
     write_skipped_csv(real.skipped, out / "skipped.csv")
-    grid = distilled_grid(distilled.store, len(classes))
-    from PIL import Image
-
+    title = f"{cfg.get('method') or 'distilled'} - IPC {distilled.ipc} - as the students see them"
+    im = distilled_grid(distilled.store, [c.name for c in classes], title=title)
     with atomic_path(out / "distilled_grid.png") as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
+        im.save(tmp, format="PNG")
 
 
 def distilled_grid(
-    store, num_classes: int, per_class: int = 10, max_classes: int = 20
-) -> np.ndarray:
-    """Up to ``per_class`` images of each of the first ``max_classes`` classes, a row per
-    class: what the students actually see."""
-    from torchvision.utils import make_grid
+    store, class_names: list[str], per_class: int = 10, max_classes: int = 20, title: str = ""
+):
+    """What the students actually see, labelled by class and sized to the set: a row per class
+    (up to ``per_class`` of its images, ``max_classes`` classes), or with one image per class a
+    grid of classes ten to a row. Returns a PIL image."""
+    from PIL import Image
 
-    rows = []
-    for c in range(min(num_classes, max_classes)):
-        idx = torch.nonzero(store.labels == c).flatten()[:per_class]
-        imgs = store.images[idx]
-        if len(imgs) < per_class:
-            pad = torch.zeros((per_class - len(imgs), *store.images.shape[1:]), dtype=torch.uint8)
-            imgs = torch.cat([imgs, pad])
-        rows.append(imgs)
-    grid = make_grid(torch.cat(rows), nrow=per_class, padding=2)
-    return grid.permute(1, 2, 0).numpy()
+    from distill.figures import grid
+
+    labels_t = store.labels
+    counts = [int((labels_t == c).sum()) for c in range(len(class_names))]
+    side = int(store.images.shape[-1])
+    thumb = max(64, min(128, side))
+
+    def pil(i: int) -> Image.Image:
+        return Image.fromarray(store.images[i].permute(1, 2, 0).numpy())
+
+    firsts = [torch.nonzero(labels_t == c).flatten() for c in range(len(class_names))]
+    if max(counts, default=0) <= 1:
+        shown = [c for c in range(len(class_names)) if counts[c]][: 5 * max_classes // 2]
+        ims = [pil(int(firsts[c][0])) for c in shown]
+        names = [f"{c}: {class_names[c]}"[:18] for c in shown]
+        note = f"the image of each class ({len(shown)} of {len(class_names)} classes)"
+        return grid(
+            ims, min(10, max(1, len(ims))), thumb, names, f"{title}: {note}" if title else note
+        )
+    cols = min(per_class, max(counts))
+    blank = Image.new("RGB", (side, side), (255, 255, 255))
+    ims, names = [], []
+    shown = list(range(min(len(class_names), max_classes)))
+    for c in shown:
+        row = [pil(int(i)) for i in firsts[c][:cols]]
+        ims.extend(row + [blank] * (cols - len(row)))
+        names.extend([f"{c}: {class_names[c]}"[:18]] + [""] * (cols - 1))
+    note = (
+        f"{'first ' + str(cols) + ' of ' if max(counts) > cols else ''}{max(counts)} images per class, "
+        f"{len(shown)} of {len(class_names)} classes"
+    )
+    return grid(ims, cols, thumb, names, f"{title}: {note}" if title else note)
 
 
 @rank_zero_only

@@ -274,3 +274,27 @@ def test_teacher_pt_of_another_order_is_refused(teacher_ckpt):
     # The same keys in the same order under another name: the keys decide, it loads.
     same = [ClassInfo(i, k, k) for i, k in enumerate(CLASSES)]
     assert load_teacher(cfg, same, str(teacher_ckpt), class_order="listed").name == "convnet3"
+
+
+def test_distilled_grid_is_labelled_and_sized_to_the_set():
+    """A row per class with its name at IPC > 1 (no empty columns beyond the IPC), and a grid
+    of classes ten to a row at IPC 1, not a one-column strip."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from evaluate.run import distilled_grid
+
+    def store(ipc, n_cls, side=32):
+        labels = torch.arange(n_cls).repeat_interleave(ipc)
+        images = torch.randint(0, 255, (len(labels), 3, side, side), dtype=torch.uint8)
+        return SimpleNamespace(labels=labels, images=images)
+
+    names = [f"class{i}" for i in range(12)]
+    two = np.asarray(distilled_grid(store(2, 3), names[:3], title="ours - IPC 2"))
+    assert two.shape[1] < 3 * 66 + 8 * 40  # two columns of 64-px thumbnails (plus the title)
+    one = np.asarray(distilled_grid(store(1, 12), names, title="ours - IPC 1"))
+    assert one.shape[1] > 2 * one.shape[0]  # ten classes to a row
+    # Labels on dark bands: near-black pixels inside the (bright-noise) thumbnails' corners.
+    assert (one[20:30, 2:40].max(axis=-1) < 20).any()
