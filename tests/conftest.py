@@ -39,6 +39,16 @@ def no_outputs_in_repo():
     assert not new, f"tests wrote run folders into the repository: {new[:5]}"
 
 
+@pytest.fixture(autouse=True)
+def fresh_listings():
+    """Each test lists its datasets anew: build_source's per-process cache must not carry a
+    listing from one test into the next (tests rewrite trees in place)."""
+    from distill.data.catalog import clear_source_cache
+
+    clear_source_cache()
+    yield
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     return Path(os.environ["DISTILL_CACHE"])

@@ -324,3 +324,21 @@ def test_collate_groups_equal_sizes_and_reports_failures(tmp_path):
     assert batch["size"] == (96, 64)
     assert [f["source"] for f in batch["failed"]] == [f"{WOOF[0]}/broken.JPEG"]
     assert "decode" in batch["failed"][0]["error"]
+
+
+def test_a_run_lists_its_dataset_once(tmp_path, caplog):
+    """The stages of a run share one listing; a file added to a class folder is seen."""
+    import logging
+
+    from distill.data.catalog import build_source as build
+
+    make_tree(tmp_path, WOOF)
+    cfg = data_cfg(root=str(tmp_path), classes=WOOF)
+    caplog.set_level(logging.INFO, logger="distill.data.catalog")
+    a = build(cfg)
+    b = build(data_cfg(root=str(tmp_path), classes=WOOF))
+    assert a is b and sum("images, 3 classes" in r.message for r in caplog.records) == 1
+    save_image(tmp_path / "train" / WOOF[0] / "new.JPEG", random_rgb(30, 40, 99), format="JPEG")
+    c = build(cfg)
+    assert c is not a and c.counts() == [4, 3, 3]
+    assert build(data_cfg(root=str(tmp_path), classes=WOOF[:2])) is not c  # another config

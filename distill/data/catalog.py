@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections import OrderedDict
 from collections.abc import Callable
 
 from omegaconf import OmegaConf
@@ -52,17 +55,63 @@ def with_class_order(cfg):
     return cfg, name
 
 
+# Sources built in this process, by data config and split: a run's stages (score, features,
+# cluster, assemble) and evaluation's splits list the dataset once, not once per stage.
+_BUILT: OrderedDict[str, tuple[Source, dict[str, int]]] = OrderedDict()
+_KEEP = 4
+
+
+def _folders_state(src: Source) -> dict[str, int]:
+    """mtime_ns of every folder holding a listed or skipped file: a file added, removed or
+    renamed in any of them changes its folder's time, and the cached listing is rebuilt."""
+    dirs = {os.path.dirname(it.path) for it in src.items if it.path}
+    dirs |= {os.path.dirname(s.path) for s in src.skipped if s.path}
+    if src.root:
+        dirs.add(str(src.root))
+    state = {}
+    for d in sorted(dirs):
+        try:
+            state[d] = os.stat(d).st_mtime_ns
+        except OSError:
+            state[d] = -1
+    return state
+
+
+def _cache_key(cfg, split) -> str:
+    data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    return json.dumps([data, split], sort_keys=True, default=str)
+
+
+def clear_source_cache() -> None:
+    _BUILT.clear()
+
+
 def build_source(cfg, split: str | None = None) -> Source:
-    """Build the source described by a ``data`` config.
+    """Build the source described by a ``data`` config (once per process and config: a later
+    call with the same config returns the same listing while none of its folders changed).
 
     Args:
         cfg: the ``data`` config node (``kind``, ``root``, ``classes`` ...).
         split: which split; defaults to ``data.split``.
     """
+    split = split if split is not None else cfg.get("split")
+    key = _cache_key(cfg, split)
+    hit = _BUILT.get(key)
+    if hit is not None and _folders_state(hit[0]) == hit[1]:
+        _BUILT.move_to_end(key)
+        log.debug("reusing the listing of %s/%s", hit[0].name, split)
+        return hit[0]
+    src = _build(cfg, split)
+    _BUILT[key] = (src, _folders_state(src))
+    while len(_BUILT) > _KEEP:
+        _BUILT.popitem(last=False)
+    return src
+
+
+def _build(cfg, split) -> Source:
     kind = cfg.get("kind")
     if kind not in _KINDS:
         raise ConfigError(f"data.kind={kind!r} is not one of {sorted(_KINDS)}")
-    split = split if split is not None else cfg.get("split")
     cfg, order = with_class_order(cfg)
     src = _KINDS[kind](cfg, split)
     src.class_order = order
