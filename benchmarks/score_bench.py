@@ -39,7 +39,7 @@ from distill.diffusion import DiffusionBackend  # noqa: E402
 from distill.diffusion.architectures import sd15_components, tiny_components  # noqa: E402
 from distill.diffusion.backend import resolve_dtype  # noqa: E402
 from distill.io import atomic_write_json  # noqa: E402
-from distill.runtime import machine_name  # noqa: E402
+from distill.runtime import cpu_flags, machine_name  # noqa: E402
 from distill.scoring.module import ScoringModule  # noqa: E402
 
 IMAGENET1K_IMAGES = 1000 * 300  # the paper's Fig. 6 setting: 300 images per class
@@ -373,6 +373,7 @@ def main() -> None:
 
     result = {
         "device": machine_name(),
+        "cpu_flags": cpu_flags(),
         "device_type": device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

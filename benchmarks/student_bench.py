@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distill.io import atomic_write_json  # noqa: E402
+from distill.runtime import cpu_flags  # noqa: E402
 from evaluate.augment import BatchAugment  # noqa: E402
 from evaluate.data import ImageStore, StoreDataset  # noqa: E402
 from evaluate.models import create_model  # noqa: E402
@@ -186,6 +187,7 @@ def main() -> None:
     report = {
         "benchmark": "student_training_step",
         "device": device,
+        "cpu_flags": cpu_flags(),
         "torch": torch.__version__,
         "lightning": L.__version__,
         "threads": torch.get_num_threads(),

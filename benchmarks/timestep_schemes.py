@@ -45,7 +45,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 from distill.data import ResizedImages, build_source  # noqa: E402
 from distill.io import atomic_write_json, atomic_write_text  # noqa: E402
 from distill.localization import box_iou  # noqa: E402
-from distill.runtime import machine_name  # noqa: E402
+from distill.runtime import cpu_flags, machine_name  # noqa: E402
 from distill.scoring.module import ScoringModule  # noqa: E402
 from distill.scoring.relevance import (  # noqa: E402
     T_SAMPLING,
@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "dtype": str(backend.dtype).replace("torch.", ""),
             "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "cpu_flags": cpu_flags(),
         },
         "settings": {
             "model": _repo_relative(str(cfg.diffusion.model)),

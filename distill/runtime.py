@@ -134,6 +134,24 @@ def set_cpu_threads(trainer, requested: int | None) -> int | None:
     return n
 
 
+# The x86 flags that decide which kernels torch runs (and whether bf16 is native or emulated,
+# 60-130x slower than fp32 without AVX512-BF16 or AMX).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """Which of `CPU_FLAGS` this CPU reports (empty where /proc/cpuinfo is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [fl for fl in CPU_FLAGS if fl in have]
+    except OSError:
+        pass
+    return []
+
+
 def numerics() -> dict:
     """What decides a run's floating-point results besides its config: the library versions,
     the CPU thread count and vector ISA, the GPU. The same command with another thread count
@@ -146,6 +164,7 @@ def numerics() -> dict:
         "torch": str(torch.__version__),
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": cpu_flags(),
         "machine": platform.machine(),
     }
     if torch.cuda.is_available():

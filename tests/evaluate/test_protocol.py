@@ -503,7 +503,7 @@ def test_teacher_of_other_numerics_is_noted(caplog):
         assert "other numerics" not in caplog.text
         _note_numerics({**here, "threads": here["threads"] + 1}, "t.pt")
     assert "other numerics" in caplog.text and f"threads {here['threads'] + 1} ->" in caplog.text
-    assert set(here) >= {"torch", "threads", "cpu_capability", "machine"}
+    assert set(here) >= {"torch", "threads", "cpu_capability", "cpu_flags", "machine"}
 
 
 def test_schedule_factor_reads_the_config_node():
