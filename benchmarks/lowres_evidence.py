@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         for m in a.methods:
             run_dir = work / f"set{draw}" / m
             shared = bank if m == "ours_no_cluster" else None
-            if not all((run_dir / "distilled" / f"ipc{int(k)}" / "set.json").is_file() for k in a.ipc):
+            if not all(
+                (run_dir / "distilled" / f"ipc{int(k)}" / "set.json").is_file() for k in a.ipc
+            ):
                 run(
                     [
                         *py,
