@@ -417,6 +417,16 @@ def materialize(
             "image_size": size,
         }
         check_overwrite(set_dir, settings, overwrite)
+        keys = [c["key"] for c in chosen]
+        if keys != sorted(keys) and ipc == min(int(k) for k in ipcs):
+            log.warning(
+                "%s: the class order (%s) is not the sorted order of the class folders, so an "
+                "ImageFolder reader would label them differently: read the labels from its "
+                "classes.csv, or export it with `python -m distill.export RUN format=imagefolder` "
+                "(label-prefixed folders) or format=rded",
+                out_root,
+                getattr(source, "class_order", "native"),
+            )
         info = write_distilled_set(
             set_dir,
             chosen,
@@ -431,6 +441,8 @@ def materialize(
                 "dataset": source.name,
                 "class_order": getattr(source, "class_order", "native"),
                 "class_subset": subset,
+                # False: a sorted listing of the folders (any ImageFolder) is not the label order.
+                "folder_order_is_label_order": keys == sorted(keys),
                 "settings": settings,
                 **(set_info or {}),
             },

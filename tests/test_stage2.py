@@ -318,6 +318,22 @@ def test_existing_set_with_other_settings_needs_overwrite(pipeline_run, tmp_path
     assert not stale.exists()
 
 
+def test_an_unsorted_class_order_is_loud(pipeline_run, tmp_path, caplog):
+    """Folders that an ImageFolder reader would re-sort: a warning and a flag in set.json."""
+    out, _ = pipeline_run
+    assert json.loads((out / "distilled" / "ipc10" / "set.json").read_text())[
+        "folder_order_is_label_order"
+    ]
+    caplog.set_level("WARNING")
+    assert (
+        materialize_main([f"bank_dir={out}", "ipc=[1]", "classes=[2,0]", f"out_dir={tmp_path}"])
+        == 0
+    )
+    sub = next(tmp_path.glob("classes-*/ipc1"))
+    assert json.loads((sub / "set.json").read_text())["folder_order_is_label_order"] is False
+    assert "format=imagefolder" in caplog.text
+
+
 def test_materialize_help_prints_usage(capsys):
     assert materialize_main(["--help"]) == 0
     text = capsys.readouterr().out
