@@ -628,6 +628,28 @@ def export(
     return [(target, export_set(set_path, fmt, target, **options)) for set_path, target in plan]
 
 
+def run_export(cfg) -> None:
+    """The pipeline's ``export`` stage: every IPC of ``cfg.ipc`` in each of
+    ``export.formats``, under ``<output_dir>/export/`` (rank 0 only)."""
+    from distill.runtime import is_launch_rank_zero
+
+    if not is_launch_rank_zero():
+        return
+    e = cfg.get("export") or {}
+    out = Path(cfg.paths.output_dir)
+    for fmt in e.get("formats") or []:
+        opts = {"overwrite": bool(e.get("overwrite", True))}
+        if fmt == "rded":
+            opts["quality"] = int(e.get("quality", 95))
+        if fmt == "ddranking":
+            ds = e.get("dataset", "auto")
+            opts.update(dataset=None if ds in (None, "auto") else str(ds), size=e.get("size"))
+            opts["normalize"] = str(e.get("normalize", "auto"))
+        for ipc in cfg.ipc:
+            for target, _ in export(out, str(fmt), ipc=int(ipc), **opts):
+                log.info("export %s: %s", fmt, target)
+
+
 # ------------------------------------------------------------------------------------ CLI
 
 DEFAULTS = dict(

@@ -27,6 +27,7 @@ def stage_registry() -> dict[str, Callable[[DictConfig], None]]:
     """Stages by name. Imported lazily so `--cfg job` and tests stay fast."""
     from distill.clustering import run_cluster
     from distill.dift import run_features
+    from distill.export import run_export
     from distill.materialize import run_assemble
     from distill.scoring.stage import run_score
 
@@ -35,6 +36,7 @@ def stage_registry() -> dict[str, Callable[[DictConfig], None]]:
         "features": run_features,
         "cluster": run_cluster,
         "assemble": run_assemble,
+        "export": run_export,
     }
 
 

@@ -334,6 +334,23 @@ def test_an_unsorted_class_order_is_loud(pipeline_run, tmp_path, caplog):
     assert "format=imagefolder" in caplog.text
 
 
+def test_export_stage_writes_every_ipc_in_each_format(pipeline_run, tmp_path):
+    """stages=[..., export]: the run's sets in RDED's and the label-prefixed ImageFolder
+    layout; a repeated or resumed run replaces its own exports."""
+    from distill.export import run_export
+
+    out, cfg = pipeline_run
+    for _ in range(2):
+        run_export(cfg)
+    for fmt in ("rded", "imagefolder"):
+        for ipc in (1, 10, 20):
+            info = json.loads((out / "export" / fmt / f"ipc{ipc}" / "export.json").read_text())
+            assert info["export_format"] == fmt and info["ipc"] == ipc
+    assert sorted(p.name for p in (out / "export" / "rded" / "ipc10").iterdir() if p.is_dir()) == [
+        "00000", "00001", "00002",
+    ]  # fmt: skip
+
+
 def test_materialize_help_prints_usage(capsys):
     assert materialize_main(["--help"]) == 0
     text = capsys.readouterr().out
