@@ -4,7 +4,7 @@ Fashion-MNIST scenes and the committed model) at tiny size, two values per swept
 way its README command does (one bank where the command shares one), and checks that the
 item's outputs exist and differ where the setting differs. Tables 4/8 and Figure 10 need a
 teacher trained on the same classes: the smoke preset's generated shapes give one in seconds.
-Marked slow: `make test-all`."""
+About a minute in all: part of `make test`."""
 
 import json
 import os
@@ -20,7 +20,6 @@ from tests.conftest import FASHION_DEBIAN, ROOT, compose
 from tests.test_teacher_selector import teacher_pt  # noqa: F401  (module fixture)
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(
         not FASHION_DEBIAN.is_dir() and not os.environ.get("FASHION_MNIST_ROOT"),
         reason="the embedded default needs the Fashion-MNIST files (dataset-fashion-mnist)",
