@@ -475,10 +475,12 @@ def write_npz_records(path: str | Path, records: list[dict], header: dict) -> No
     arrays = {
         "index": np.array([r["index"] for r in ok], dtype=np.int64),
         "k": np.array([r["k"] for r in ok], dtype=np.int64),
+        # float16, the merged features.npy's own type: the cast happens once either way (the
+        # merged bytes are the same), and the shards kept for resume take half the disk.
         "feature": (
-            np.stack([r["feature"] for r in ok]).astype(np.float32)
+            np.stack([r["feature"] for r in ok]).astype(np.float16)
             if ok
-            else np.zeros((0, 0), np.float32)
+            else np.zeros((0, 0), np.float16)
         ),
         "failed_index": np.array([r["index"] for r in records if "error" in r], dtype=np.int64),
         "failed_error": np.array([r["error"] for r in records if "error" in r], dtype=str),
@@ -518,6 +520,32 @@ def write_shard(path: str | Path, records: list[dict], config_hash: str | None =
         write_npz_records(path, records, header)
     else:
         write_jsonl(path, records, header)
+
+
+def npz_shard_index(path: str | Path) -> tuple[dict | None, np.ndarray, np.ndarray, int, int]:
+    """(header, index, k, failed count, feature dim) of a feature shard, without reading its
+    features (npz members load one by one): what a streaming merge needs to plan the output."""
+    path = Path(path)
+    try:
+        with np.load(path) as z:
+            header = json.loads(str(z["header"])) if "header" in z.files else None
+            index, k = np.asarray(z["index"]), np.asarray(z["k"])
+            failed = len(z["failed_index"])
+            with z.zip.open("feature.npy") as f:  # the shape from the member's .npy header
+                version = np.lib.format.read_magic(f)
+                read = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape = read(f)[0]
+    except Exception as e:  # a torn npz: zipfile, pickle or value errors
+        raise DataError(f"{path} cannot be read ({type(e).__name__}: {e})") from e
+    if header is not None and header.get("records") != len(index) + failed:
+        raise DataError(
+            f"{path} holds {len(index) + failed} records, its header says {header.get('records')}"
+        )
+    return header, index, k, failed, int(shape[1]) if len(shape) == 2 else 0
 
 
 def read_shard_with_header(path: str | Path) -> tuple[dict | None, list[dict]]:
