@@ -777,9 +777,9 @@ def load_bank(bank_dir: str | Path) -> Bank:
     return Bank(bank, meta, classes, records)
 
 
-def _load_npy(path: Path, stage: str) -> np.ndarray:
+def _load_npy(path: Path, stage: str, mmap: bool = False) -> np.ndarray:
     try:
-        return np.load(path)
+        return np.load(path, mmap_mode="r" if mmap else None)
     except (ValueError, OSError, EOFError) as e:
         raise damage_error(path.parent, stage, [f"{path.name}: unreadable ({e})"]) from e
 
@@ -792,13 +792,18 @@ def load_owners(bank_dir: str | Path, meta: dict | None = None) -> np.ndarray:
     return _load_npy(verified(bank, "features", "feature_owners.npy", meta), "features")
 
 
-def load_features(bank_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(features (P, C) float32, owners (P, 2) = (record position, patch k)) of a bank."""
+def load_features(bank_dir: str | Path, mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(features (P, C), owners (P, 2) = (record position, patch k)) of a bank.
+
+    The features come as float32 in memory, or with ``mmap`` as the float16 file itself,
+    memory-mapped, so that a caller taking one class's rows at a time (clustering) holds one
+    class in memory instead of an upcast copy of the whole matrix (ImageNet-1K: 1.3M x 1280).
+    """
     bank = Path(bank_dir)
     if not (bank / "features.npy").is_file():
         raise DataError(f"{bank} has no features.npy: run the features stage first")
     meta = read_meta(bank)
-    feats = _load_npy(verified(bank, "features", "features.npy", meta), "features")
+    feats = _load_npy(verified(bank, "features", "features.npy", meta), "features", mmap)
     owners = load_owners(bank, meta)
     if len(feats) != len(owners):
         raise damage_error(
@@ -806,7 +811,7 @@ def load_features(bank_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
             "features",
             [f"features.npy has {len(feats)} rows, feature_owners.npy {len(owners)}"],
         )
-    return feats.astype(np.float32), owners
+    return (feats if mmap else feats.astype(np.float32)), owners
 
 
 def load_clusters(bank_dir: str | Path, meta: dict | None = None) -> dict:

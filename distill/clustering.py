@@ -164,7 +164,8 @@ def run_cluster(cfg: DictConfig) -> None:  # pragma: no mutate block
             "bank %s already holds clusters (hash %s): reusing them", bank_dir, entry["hash"][:12]
         )
         return
-    feats, owners = load_features(bank_dir)
+    # Memory-mapped float16: each class's rows are read (and upcast) on their own.
+    feats, owners = load_features(bank_dir, mmap=True)
     use_gpu = cfg.cluster.get("use_gpu", "auto")
     use_gpu = faiss_gpu_available() if use_gpu == "auto" else bool(use_gpu)
     if use_gpu and not faiss_gpu_available():
@@ -184,7 +185,7 @@ def run_cluster(cfg: DictConfig) -> None:  # pragma: no mutate block
         patches = by_class[c["index"]]
         scores = np.array([bank.records[owners[p][0]]["scores"][owners[p][1]] for p in patches])
         res = cluster_class(
-            feats[patches],
+            np.asarray(feats[patches], dtype=np.float32),
             scores,
             m,
             int(cfg.cluster.iterations),

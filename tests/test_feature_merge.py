@@ -54,3 +54,18 @@ def test_shards_are_float16_and_indexed_without_their_features(tmp_path):
     assert header["records"] == 7 and failed == 1 and dim == 6 and len(index) == len(k) == 6
     with np.load(shard_path(tmp_path, "features", 0)) as z:
         assert z["feature"].dtype == np.float16
+
+
+def test_clustering_reads_the_features_memory_mapped(tmp_path):
+    """load_features(mmap=True) is the float16 file itself; one class's rows upcast equal the
+    in-memory float32 rows exactly, so clusters are unchanged."""
+    from distill.bank import load_features
+
+    shards = make_shards(tmp_path)
+    _merge_features(tmp_path, Bank(12), shards)
+    mapped, owners = load_features(tmp_path, mmap=True)
+    full, owners2 = load_features(tmp_path)
+    assert isinstance(mapped, np.memmap) and mapped.dtype == np.float16
+    assert full.dtype == np.float32 and np.array_equal(owners, owners2)
+    rows = [1, 4, 7]
+    assert np.array_equal(np.asarray(mapped[rows], dtype=np.float32), full[rows])
