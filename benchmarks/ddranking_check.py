@@ -41,30 +41,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DDRANKING_PY = ROOT / ".venv-ddranking" / "bin" / "python"
 IPC = 2
 SIZE = 32
-WOOF_SORTED = [
-    "n02086240",
-    "n02087394",
-    "n02088364",
-    "n02089973",
-    "n02093754",
-    "n02096294",
-    "n02099601",
-    "n02105641",
-    "n02111889",
-    "n02115641",
-]
-WOOF_MINIMAX = [
-    "n02096294",
-    "n02093754",
-    "n02111889",
-    "n02088364",
-    "n02086240",
-    "n02089973",
-    "n02087394",
-    "n02115641",
-    "n02099601",
-    "n02105641",
-]
+
+
+def woof_orders() -> tuple[list[str], list[str]]:
+    """ImageWoof's sorted classes and its minimax order, from the project's preset (read in
+    the project's half only: DD-Ranking's venv has no omegaconf)."""
+    from omegaconf import OmegaConf
+
+    woof = OmegaConf.load(ROOT / "conf" / "data" / "imagewoof.yaml")
+    return list(woof.classes), list(woof.class_orders.minimax)
 
 
 # ------------------------------------------------------------------ the project's half
@@ -82,7 +67,8 @@ def _make_set(run: Path, keys: list[str], order_name: str) -> Path:
     rng = np.random.default_rng(0)
     for k in keys:
         (set_dir / k).mkdir()
-        base = np.array([(37 * WOOF_SORTED.index(k)) % 256, 255 - 25 * WOOF_SORTED.index(k), 128])
+        i = woof_orders()[0].index(k)
+        base = np.array([(37 * i) % 256, 255 - 25 * i, 128])
         for j in range(IPC):
             px = np.clip(base + rng.normal(0, 30, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(px).save(set_dir / k / f"{j:04d}.png")
@@ -129,8 +115,9 @@ def _fake_imagenet(root: Path, woof_set: Path) -> None:
 def prepare(work: Path) -> dict:
     from distill.export import export
 
-    sorted_set = _make_set(work / "run_sorted", WOOF_SORTED, "sorted")
-    minimax_set = _make_set(work / "run_minimax", WOOF_MINIMAX, "minimax")
+    woof_sorted, woof_minimax = woof_orders()
+    sorted_set = _make_set(work / "run_sorted", woof_sorted, "sorted")
+    minimax_set = _make_set(work / "run_minimax", woof_minimax, "minimax")
     [(ddr, _)] = export(sorted_set, "ddranking")  # dataset=auto: set.json's imagewoof
     [(ddr_raw, _)] = export(sorted_set, "ddranking", dataset="none", out=work / "set_order")
     [(rded, _)] = export(minimax_set, "rded")

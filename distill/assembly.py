@@ -6,8 +6,6 @@ set.json that say where every patch came from (the figures are in `distill.figur
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,7 @@ from PIL import Image
 
 from distill.data.images import UnreadableImage
 from distill.errors import DataError
-from distill.io import atomic_write_json, temp_dir, write_csv_rows
+from distill.io import atomic_dir, atomic_write_json, write_csv_rows
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +119,9 @@ def write_distilled_set(
     """
     per_image = tiles * tiles
     tile_size = image_size // tiles
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out_dir)
     rows: list[list] = []
     counts = {}
-    try:
+    with atomic_dir(out_dir) as tmp:
         for c in classes:
             refs = refs_by_class.get(c["index"], [])
             crops = load_crops(source, refs, tile_size)
@@ -173,16 +169,4 @@ def write_distilled_set(
                 **(info or {}),
             },
         )
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return {"images": sum(counts.values()), "per_class": counts, "patches": len(rows)}

@@ -54,7 +54,7 @@ from omegaconf import OmegaConf
 
 from distill.data.images import UnreadableImage, is_image_name, load_rgb
 from distill.errors import ConfigError, DataError, DistillError
-from distill.io import atomic_write_json, human_bytes, temp_dir, write_csv_rows
+from distill.io import atomic_dir, atomic_write_json, human_bytes, write_csv_rows
 
 log = logging.getLogger(__name__)
 
@@ -515,9 +515,7 @@ def export_set(
             )
         extra["ddranking_dataset"] = ddr
         order_name = f"ddranking:{ddr}" if ddr else order_name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out)
-    try:
+    with atomic_dir(out) as tmp:
         if fmt == "rded":
             classes, folders, files = _write_rded(s, tmp, int(quality))
         elif fmt == "imagefolder":
@@ -585,18 +583,6 @@ def export_set(
         )
         write_csv_rows(tmp / "files.csv", ["file", "source", "label", "key"], files)
         atomic_write_json(tmp / "export.json", record)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     if s.info.get("class_subset") and fmt == "rded":
         log.warning(
             "%s is a class subset: RDED's folders are numbered by the subset's labels 0..%d, "

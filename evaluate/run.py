@@ -345,10 +345,9 @@ def restrict_teacher(teacher: Teacher, keys: list[str], subset: list[str]) -> Te
     return dataclasses.replace(teacher, model=model.eval())
 
 
-def teacher_top1(cfg, teacher: Teacher, real: RealData, out: Path) -> float:
-    """The teacher's top-1 on ``real``'s validation split (for a class subset: over the
-    subset's outputs, on the subset's images)."""
-    probe = Classifier(
+def _probe(cfg, teacher: Teacher, real: RealData, confusion_classes: int = 0):
+    """The teacher as a `Classifier` that only validates (no training, no augmentation)."""
+    return Classifier(
         teacher.model,
         None,
         real.val_set,
@@ -360,7 +359,14 @@ def teacher_top1(cfg, teacher: Teacher, real: RealData, out: Path) -> float:
         optimizer=None,
         schedule={},
         plan_seed=0,
+        confusion_classes=confusion_classes,
     )
+
+
+def teacher_top1(cfg, teacher: Teacher, real: RealData, out: Path) -> float:
+    """The teacher's top-1 on ``real``'s validation split (for a class subset: over the
+    subset's outputs, on the subset's images)."""
+    probe = _probe(cfg, teacher, real)
     build_trainer(cfg, out, 0, 1, [], []).validate(probe, verbose=False)
     acc = float(probe.last_acc)
     log.info(
@@ -378,20 +384,7 @@ def probe_teacher(cfg, teacher: Teacher, real: RealData, out: Path) -> float:
     far below ``teacher.expected_acc`` gets a loud warning.
     """
     keys = real.keys
-    probe = Classifier(
-        teacher.model,
-        None,
-        real.val_set,
-        epochs=0,
-        global_batch=1,
-        val_batch=int(cfg.val.batch_size),
-        norm=teacher.norm,
-        aug=BatchAugment(teacher.size),
-        optimizer=None,
-        schedule={},
-        plan_seed=0,
-        confusion_classes=len(keys),
-    )
+    probe = _probe(cfg, teacher, real, confusion_classes=len(keys))
     trainer = build_trainer(cfg, out, 0, 1, [], [])
     trainer.validate(probe, verbose=False)
     acc = float(probe.last_acc)

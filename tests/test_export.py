@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
@@ -27,30 +28,9 @@ from tests.conftest import ROOT
 
 # ImageWoof's classes: sorted WordNet IDs (ImageNet 155 ... 273) and the "minimax" order of
 # Minimax, CaO2 and DD-Ranking (ImageNet 193, 182, 258, ...), which a sorted listing scrambles.
-WOOF_SORTED = [
-    "n02086240",
-    "n02087394",
-    "n02088364",
-    "n02089973",
-    "n02093754",
-    "n02096294",
-    "n02099601",
-    "n02105641",
-    "n02111889",
-    "n02115641",
-]
-WOOF_MINIMAX = [
-    "n02096294",
-    "n02093754",
-    "n02111889",
-    "n02088364",
-    "n02086240",
-    "n02089973",
-    "n02087394",
-    "n02115641",
-    "n02099601",
-    "n02105641",
-]
+_WOOF = OmegaConf.load(ROOT / "conf" / "data" / "imagewoof.yaml")
+WOOF_SORTED = list(_WOOF.classes)  # the preset's own lists, not a copy of them
+WOOF_MINIMAX = list(_WOOF.class_orders.minimax)
 
 
 def colour(key: str, j: int) -> tuple[int, int, int]:

@@ -1,12 +1,12 @@
 """Figures a person can read (issue 14, case 4): labels on a band, titles that say what is
 shown, an IPC-1 overview that is a grid, the labelled item's box beside the chosen patch."""
 
-import csv
-
 import numpy as np
 from PIL import Image, ImageDraw
 
+from distill.assembly import MANIFEST_HEADER
 from distill.figures import class_grids, label, manifest_labels
+from distill.io import write_csv_rows
 from distill.scoring.visualize import TRUTH, best_patch_grid
 
 
@@ -42,26 +42,7 @@ def write_set(root, classes, ipc, tiles=1):
                         "",
                     ]
                 )
-    with open(root / "manifest.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            [
-                "file",
-                "slot",
-                "class_index",
-                "class_name",
-                "source",
-                "x0",
-                "y0",
-                "x1",
-                "y1",
-                "score",
-                "cluster",
-                "cluster_rank",
-                "note",
-            ]
-        )
-        w.writerows(rows)
+    write_csv_rows(root / "manifest.csv", MANIFEST_HEADER, rows)
 
 
 def test_manifest_labels_single_and_tiled(tmp_path):
