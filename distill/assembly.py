@@ -51,6 +51,14 @@ class PatchRef:
     note: str = ""
 
 
+def centre_square(width: int, height: int) -> tuple[int, int, int, int]:
+    """The largest centred square of a ``width`` x ``height`` image, as a box: how a whole
+    image becomes one square patch (random real images, the coresets)."""
+    side = min(width, height)
+    x0, y0 = (width - side) // 2, (height - side) // 2
+    return (x0, y0, x0 + side, y0 + side)
+
+
 def crop_patch(im: Image.Image, box: tuple[int, int, int, int], size: int) -> Image.Image:
     """The patch ``box`` (original pixels) of an image, resized to ``size`` x ``size``."""
     crop = im.crop(box)

@@ -23,7 +23,7 @@ import logging
 import numpy as np
 import torch
 
-from distill.assembly import PatchRef, crop_patch
+from distill.assembly import PatchRef, centre_square, crop_patch
 from distill.errors import ConfigError
 from distill.selection import patches_needed
 
@@ -78,31 +78,44 @@ def _head(model: torch.nn.Module) -> torch.nn.Linear:
 
 
 @torch.no_grad()
-def embed(source, items: list[int], model, size: int, mean, std, batch: int = 256) -> np.ndarray:
-    """Penultimate features (the head's input) of whole images, centre-square cropped."""
+def head_inputs(images, model, mean, std, batch: int = 256) -> np.ndarray:
+    """Penultimate features (the input of the model's last linear layer) of RGB images that
+    already have the model's input size, ``batch`` at a time. ``images``: a sequence (sliced
+    one batch at a time) of PIL images or uint8 H x W x 3 arrays."""
     captured: list[torch.Tensor] = []
     hook = _head(model).register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
+    out = []
     try:
-        out = []
-        for s in range(0, len(items), batch):
-            crops = []
-            for i in items[s : s + batch]:
-                w, h = source.items[i].size
-                side = min(w, h)
-                box = (
-                    (w - side) // 2,
-                    (h - side) // 2,
-                    (w - side) // 2 + side,
-                    (h - side) // 2 + side,
-                )
-                crops.append(np.asarray(crop_patch(source.load(i), box, size), dtype=np.float32))
-            x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2) / 255.0
+        for s in range(0, len(images), batch):
+            arr = np.stack([np.asarray(im, dtype=np.float32) for im in images[s : s + batch]])
+            x = torch.from_numpy(arr).permute(0, 3, 1, 2) / 255.0
             captured.clear()
             model((x - mean) / std)
             out.append(captured[-1].flatten(1).double().numpy())
     finally:
         hook.remove()
     return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+class _CentreSquares:
+    """Source items as their centre squares at ``size``, decoded one slice (batch) at a time."""
+
+    def __init__(self, source, items: list[int], size: int):
+        self.source, self.items, self.size = source, items, size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, sl: slice) -> list:
+        return [
+            crop_patch(self.source.load(i), centre_square(*self.source.items[i].size), self.size)
+            for i in self.items[sl]
+        ]
+
+
+def embed(source, items: list[int], model, size: int, mean, std, batch: int = 256) -> np.ndarray:
+    """Penultimate features of whole images (their centre squares at the model's size)."""
+    return head_inputs(_CentreSquares(source, items, size), model, mean, std, batch)
 
 
 def coreset_refs(
@@ -124,9 +137,7 @@ def coreset_refs(
     model, size, mean, std = load_classifier(checkpoint, [c.key for c in source.classes])
     pick = herding if method == "herding" else kcenter_greedy
     need = patches_needed(ipc, concat_max_ipc, tiles)
-    by_class: dict[int, list[int]] = {}
-    for i, it in enumerate(source.items):
-        by_class.setdefault(it.label, []).append(i)
+    by_class = source.indices_by_class()
     out = {}
     for c in classes:
         items = by_class.get(c["source_index"], [])
@@ -137,9 +148,7 @@ def coreset_refs(
         refs = []
         for j in range(need):
             i = order[j % len(order)]
-            w, h = source.items[i].size
-            side = min(w, h)
-            box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+            box = centre_square(*source.items[i].size)
             note = "reused" if j >= len(order) else ""
             refs.append(PatchRef(i, source.items[i].source, box, None, -1, -1, note))
         if len(order) < need:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from distill.assembly import PatchRef, write_distilled_set
+from distill.assembly import PatchRef, centre_square, write_distilled_set
 from distill.bank import check_items_unchanged, load_bank, load_clusters, load_owners, read_meta
 from distill.data import build_source
 from distill.data.images import resized_size
@@ -224,9 +224,7 @@ def random_refs(
     if mode not in ("crop", "image"):
         raise ConfigError(f"selector.mode={mode!r} must be 'crop' or 'image'")
     need = patches_needed(ipc, concat_max_ipc, tiles)
-    items_by_class: dict[int, list[int]] = {}
-    for i, it in enumerate(source.items):
-        items_by_class.setdefault(it.label, []).append(i)
+    items_by_class = source.indices_by_class()
     out = {}
     for c in classes:
         rng = random.Random(stable_seed("random-selector", seed, c["key"]))
@@ -242,8 +240,7 @@ def random_refs(
             w, h = source.items[i].size
             note = "reused" if j >= len(order) else ""
             if mode == "image" or patch is None:
-                s = min(w, h)  # the largest centred square
-                box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+                box = centre_square(w, h)
             else:
                 rw, rh = resized_size(w, h, short_edge, 1)
                 x0, y0 = rng.randint(0, max(0, rw - patch)), rng.randint(0, max(0, rh - patch))

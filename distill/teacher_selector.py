@@ -72,9 +72,7 @@ def teacher_refs(
         raise ConfigError("selector=teacher needs selector.checkpoint=PATH (a teacher.pt)")
     model, size, mean, std = load_classifier(checkpoint, [c.key for c in source.classes])
     need = patches_needed(ipc, concat_max_ipc, tiles)
-    by_class: dict[int, list[int]] = {}
-    for i, it in enumerate(source.items):
-        by_class.setdefault(it.label, []).append(i)
+    by_class = source.indices_by_class()
     out = {}
     for c in classes:
         rng = random.Random(stable_seed("teacher-selector", seed, c["key"]))

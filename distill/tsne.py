@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -76,31 +75,14 @@ def read_set(set_dir: Path) -> tuple[list[Image.Image], list[int], list[str]]:
     return images, labels, [c["key"] for c in classes]
 
 
-@torch.no_grad()
 def teacher_features(
     images: list[Image.Image], model, size: int, mean, std, batch: int = 256
 ) -> np.ndarray:
-    """Penultimate features (the head's input) of whole images resized to the teacher's input."""
-    from distill.coreset import _head
+    """Penultimate features of whole images resized to the teacher's input."""
+    from distill.coreset import head_inputs
 
-    grabbed: list[torch.Tensor] = []
-    hook = _head(model).register_forward_hook(lambda m, inp, out: grabbed.append(inp[0]))
-    out = []
-    try:
-        for s in range(0, len(images), batch):
-            arr = np.stack(
-                [
-                    np.asarray(im.resize((size, size), Image.Resampling.BICUBIC), np.float32)
-                    for im in images[s : s + batch]
-                ]
-            )
-            x = torch.from_numpy(arr).permute(0, 3, 1, 2) / 255.0
-            grabbed.clear()
-            model((x - mean) / std)
-            out.append(grabbed[-1].flatten(1).double().numpy())
-    finally:
-        hook.remove()
-    return np.concatenate(out)
+    sized = [im.resize((size, size), Image.Resampling.BICUBIC) for im in images]
+    return head_inputs(sized, model, mean, std, batch)
 
 
 def embed_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:

@@ -111,6 +111,17 @@ def test_embed_takes_the_heads_input(teacher_pt):  # noqa: F811
     with torch.no_grad():
         logits = head(torch.from_numpy(f).float())
     assert f.shape == (3, head.in_features) and torch.isfinite(logits).all()
+    # Reference: the network's own logits on the same centre squares. The head applied to the
+    # captured features gives them back only if those are exactly the head's input.
+    from distill.assembly import centre_square, crop_patch
+
+    crops = [
+        crop_patch(source.load(i), centre_square(*source.items[i].size), size) for i in range(3)
+    ]
+    x = torch.from_numpy(np.stack([np.asarray(c, np.float32) for c in crops])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        want = model((x / 255.0 - mean) / std)
+    assert torch.allclose(logits, want, atol=1e-4)
 
 
 def test_coreset_needs_a_checkpoint(tmp_path):

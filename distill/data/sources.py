@@ -74,6 +74,13 @@ class Source:
             raise NotImplementedError
         return load_rgb(item.path)
 
+    def indices_by_class(self) -> dict[int, list[int]]:
+        """Item indices per label, in item order (labels without items are absent)."""
+        out: dict[int, list[int]] = {}
+        for i, it in enumerate(self.items):
+            out.setdefault(it.label, []).append(i)
+        return out
+
     def counts(self) -> list[int]:
         n = [0] * len(self.classes)
         for it in self.items:
