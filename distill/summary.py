@@ -15,34 +15,37 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from distill.io import atomic_write_text
+from distill.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON file's object, or {} when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _per_class_candidates(bank: Path) -> tuple[Counter, Counter]:
-    """Images scored and candidate patches per bank label, from ``scores.jsonl``."""
-    images, patches = Counter(), Counter()
+def bank_records(bank: Path) -> list[dict]:
+    """The scored records of ``scores.jsonl`` (failed images left out); none when the bank
+    has no readable scores (a summary reports, it never fails a finished run)."""
+    from distill.bank import read_jsonl
+    from distill.errors import DataError
+
     try:
-        with open(bank / "scores.jsonl", encoding="utf-8") as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue
-                if "error" in r:
-                    continue
-                images[int(r["label"])] += 1
-                patches[int(r["label"])] += len(r.get("scores", []))
-    except OSError:
-        pass
+        return [r for r in read_jsonl(bank / "scores.jsonl") if "error" not in r]
+    except (OSError, DataError):
+        return []
+
+
+def _per_class_candidates(records: list[dict]) -> tuple[Counter, Counter]:
+    """Images scored and candidate patches per bank label."""
+    images, patches = Counter(), Counter()
+    for r in records:
+        images[int(r["label"])] += 1
+        patches[int(r["label"])] += len(r.get("scores", []))
     return images, patches
 
 
@@ -51,7 +54,7 @@ def _sets(distilled: Path) -> list[tuple[str, Path, dict]]:
     out = []
     for info in sorted(distilled.glob("**/set.json")):
         rel = info.parent.relative_to(distilled).as_posix()
-        out.append((rel, info.parent, _read_json(info)))
+        out.append((rel, info.parent, read_json(info)))
     return out
 
 
@@ -99,11 +102,11 @@ def _setting_lines(cfg) -> list[str]:
     return lines
 
 
-def _localisation_lines(cfg, meta: dict, bank: Path) -> list[str]:
+def run_localisation(cfg, meta: dict, records: list[dict]):
     """Stage I's best patch against the labelled item's box, where the data knows it (scene
-    and synthetic data), beside a uniformly random patch of the same size."""
+    and synthetic data), beside a uniformly random patch of the same size; None elsewhere."""
     if cfg.data.get("kind") not in ("fashion_scenes", "synthetic") or not meta.get("data_cfg"):
-        return []
+        return None
     from omegaconf import OmegaConf
 
     from distill.data import build_source
@@ -111,18 +114,16 @@ def _localisation_lines(cfg, meta: dict, bank: Path) -> list[str]:
 
     source = build_source(OmegaConf.create(meta["data_cfg"]))
     truth = dict(zip((it.source for it in source.items), source.boxes, strict=True))
-    recs = []
-    with open(bank / "scores.jsonl", encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            if "error" not in r and r["source"] in truth:
-                recs.append(r)
+    recs = [r for r in records if r["source"] in truth]
     patch = meta["stages"]["score"]["spec"]["scoring"].get("patch")
     if not recs or patch is None:
-        return []
+        return None
     w, h = recs[0]["orig_size"]
     side = round(int(patch) * min(w, h) / int(cfg.data.short_edge))  # in original pixels
-    loc = localisation(recs, truth, side, step=max(1, side // 8))
+    return localisation(recs, truth, side, step=max(1, side // 8))
+
+
+def _localisation_lines(loc) -> list[str]:
     return [
         "## Localisation (the labelled item's box is known)",
         "",
@@ -138,10 +139,11 @@ def write_summary(cfg) -> Path | None:
     """Write ``<output_dir>/summary.md`` and log its short form; returns the path."""
     out = Path(cfg.paths.output_dir)
     bank = Path(cfg.paths.bank_dir)
-    meta = _read_json(bank / "meta.json")
+    meta = read_json(bank / "meta.json")
     classes = meta.get("classes") or []
-    images, patches = _per_class_candidates(bank) if meta else (Counter(), Counter())
-    clusters = _read_json(bank / "clusters.json").get("classes", {})
+    records = bank_records(bank) if meta else []
+    images, patches = _per_class_candidates(records)
+    clusters = read_json(bank / "clusters.json").get("classes", {})
     sets = _sets(out / "distilled")
     lines = [f"# Distill run `{out.name}`", ""]
     lines += [
@@ -163,8 +165,8 @@ def write_summary(cfg) -> Path | None:
     if (out / "figures").is_dir():
         lines.append(f"| figures | `{out}/figures/` (ipc*/overview.png, clusters/) |")
     lines += ["", "## Settings", "", *_setting_lines(cfg), ""]
+    reused = {name: _reused(folder) for name, folder, _ in sets}
     if classes:
-        reused = {name: _reused(folder) for name, folder, _ in sets}
         head = ["class", "images scored", "candidate patches", "clusters"]
         head += [f"reused in {n}" for n in reused]
         lines += ["## Per class", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -176,8 +178,11 @@ def write_summary(cfg) -> Path | None:
             row += [str(r.get(c["name"], 0)) for r in reused.values()]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    loc = None
     if meta and str(cfg.selector.get("kind", "diffusion")) == "diffusion":
-        lines += _localisation_lines(cfg, meta, bank)
+        loc = run_localisation(cfg, meta, records)
+    if loc is not None:
+        lines += _localisation_lines(loc)
     ipcs = [info.get("ipc") for _, _, info in sets if info.get("ipc")]
     first = f"{out}/distilled/ipc{ipcs[0]}" if ipcs else f"{out}/distilled/ipcK"
     lines += [
@@ -192,7 +197,15 @@ def write_summary(cfg) -> Path | None:
     ]
     path = out / "summary.md"
     atomic_write_text(path, "\n".join(lines))
-    total_reused = sum(sum(_reused(f).values()) for _, f, _ in sets)
+    # The figures a sweep summary compares, machine-readable (distill.sweep reads them).
+    atomic_write_json(
+        out / "summary.json",
+        {
+            "localisation": loc.as_dict() if loc is not None else None,
+            "sets": [n for n, _, _ in sets],
+        },
+    )
+    total_reused = sum(sum(r.values()) for r in reused.values())
     log.info(
         "run summary: %d set(s) %s, %d reused patches; bank %s; details in %s",
         len(sets),

@@ -69,26 +69,18 @@ def _distill_row(job: Path) -> dict | None:
     if not meta_f.is_file() and not sets:
         return None
     row: dict = {"sets": " ".join(sets)}
-    scores_f = job / "bank" / "scores.jsonl"
-    if scores_f.is_file():
-        best = []
-        with open(scores_f, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if "error" not in rec and rec.get("scores"):
-                    best.append(float(rec["scores"][0]))
+    if (job / "bank" / "scores.jsonl").is_file():
+        from distill.summary import bank_records
+
+        best = [float(r["scores"][0]) for r in bank_records(job / "bank") if r.get("scores")]
         row["images_scored"] = len(best)
         row["mean_best_relevance"] = round(sum(best) / len(best), 6) if best else None
-    summary = job / "summary.md"
-    if summary.is_file():
-        for line in summary.read_text().splitlines():
-            if line.startswith("| best patch (ours"):
-                row["best_patch_iou"] = float(line.split("|")[2])
-            elif line.startswith("| random patch of the same size"):
-                row["random_patch_iou"] = float(line.split("|")[2])
+    from distill.summary import read_json
+
+    loc = read_json(job / "summary.json").get("localisation")
+    if loc:
+        row["best_patch_iou"] = loc["mean_iou"]
+        row["random_patch_iou"] = loc["random_mean_iou"]
     return row
 
 

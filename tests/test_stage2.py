@@ -199,6 +199,8 @@ def test_run_ends_with_a_summary(pipeline_run):
     ours = float(loc[4].split("|")[2])
     rand = float(loc[5].split("|")[2])
     assert 0 <= rand <= 1 and 0 <= ours <= 1
+    loc = json.loads((out / "summary.json").read_text())["localisation"]
+    assert (round(loc["mean_iou"], 3), round(loc["random_mean_iou"], 3)) == (ours, rand)
     # Figures say which run, method and IPC they show.
     assert "run " in text and (out / "figures" / "ipc10" / "overview.png").is_file()
 

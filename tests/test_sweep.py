@@ -66,9 +66,13 @@ def test_distill_sweep_rows_from_the_banks(tmp_path):
         )
         (d / "distilled" / "ipc1").mkdir(parents=True)
         (d / "distilled" / "ipc1" / "set.json").write_text("{}")
+    # A job whose summary.json knows the item's box (scene data) shows the IoU beside random's.
+    (sweep / "1" / "summary.json").write_text(
+        json.dumps({"localisation": {"mean_iou": 0.46, "random_mean_iou": 0.29}})
+    )
     text = summarise_sweep(sweep).read_text()
     assert "| 0 | `scoring.t_range=[0.1,0.3]` | 2 | +0.20000 | - | ipc1 |" in text
-    assert "| 1 | `scoring.t_range=[0.1,0.4]` | 2 | +0.40000 | - | ipc1 |" in text
+    assert "| 1 | `scoring.t_range=[0.1,0.4]` | 2 | +0.40000 | 0.460 (0.290) | ipc1 |" in text
 
 
 def test_callback_never_fails_a_finished_sweep(tmp_path, caplog):
