@@ -147,3 +147,46 @@ def _flat_keys(d, prefix: str = "") -> list[str]:
             keys.append(full)
             keys.extend(_flat_keys(v, full + "."))
     return keys
+
+
+# ----------------------------------------------------------------------------- key=value tools
+# `python -m distill.materialize`, `distill.export` and `distill.tsne` take OmegaConf
+# key=value arguments over a table of defaults, outside Hydra.
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(a in ("-h", "--help", "help") for a in argv)
+
+
+def setup_logging() -> None:
+    """The log format the Hydra apps print, for the key=value tools."""
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+    )
+
+
+def read_kv_args(argv: list[str], defaults: dict):
+    """``key=value`` arguments over ``defaults``: a `ConfigError` (one line) for a value
+    OmegaConf cannot parse or a key ``defaults`` does not have."""
+    from omegaconf import OmegaConf
+
+    from distill.errors import ConfigError
+
+    try:
+        args = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.from_dotlist(argv))
+    except Exception as e:  # OmegaConf's grammar errors
+        raise ConfigError(f"cannot read the arguments {argv}: {e}") from None
+    unknown = set(args) - set(defaults)
+    if unknown:
+        raise ConfigError(f"unknown arguments {sorted(unknown)}; known: {sorted(defaults)}")
+    return args
+
+
+def kv_usage(doc: str, defaults: dict, helps: dict, width: int = 15) -> str:
+    """``--help`` of a key=value tool: its docstring's recipes, then each argument with its
+    default (none shown for a null default)."""
+    lines = [doc.strip(), "", "arguments (key=value):"]
+    for k, v in defaults.items():
+        shown = "" if v is None else f" [default: {v}]"
+        lines.append(f"  {k:<{width}} {helps[k]}{shown}")
+    return "\n".join(lines)

@@ -52,6 +52,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from distill.cli import kv_usage, read_kv_args, setup_logging, wants_help
 from distill.data.images import UnreadableImage, is_image_name, load_rgb
 from distill.errors import ConfigError, DataError, DistillError
 from distill.io import atomic_dir, atomic_write_json, human_bytes, write_csv_rows
@@ -671,37 +672,21 @@ OPTION_DEFAULTS = {"quality": 95, "dataset": "auto", "size": None, "normalize": 
 
 
 def usage() -> str:
-    lines = [__doc__.strip(), "", "arguments (key=value):"]
-    for k, v in DEFAULTS.items():
-        d = OPTION_DEFAULTS.get(k, v)
-        default = "" if d is None else f" [default: {d}]"
-        lines.append(f"  {k:<10} {ARG_HELP[k]}{default}")
-    return "\n".join(lines)
+    return kv_usage(__doc__, {**DEFAULTS, **OPTION_DEFAULTS}, ARG_HELP, width=10)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m distill.export RUN format=rded [ipc=10] [out=DIR] [overwrite=true] ...``."""
     argv = list(argv if argv is not None else sys.argv[1:])
-    if any(a in ("-h", "--help", "help") for a in argv):
+    if wants_help(argv):
         print(usage())
         return 0
-    logging.basicConfig(
-        level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
-    )
+    setup_logging()
     try:
         positional = [a for a in argv if "=" not in a]
         if len(positional) > 1:
             raise ConfigError(f"one source folder, please; got {positional}")
-        try:
-            args = OmegaConf.merge(
-                OmegaConf.create(DEFAULTS),
-                OmegaConf.from_dotlist([a for a in argv if "=" in a]),
-            )
-        except Exception as e:  # OmegaConf's grammar errors
-            raise ConfigError(f"cannot read the arguments {argv}: {e}") from None
-        unknown = set(args) - set(DEFAULTS)
-        if unknown:
-            raise ConfigError(f"unknown arguments {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        args = read_kv_args([a for a in argv if "=" in a], DEFAULTS)
         src = positional[0] if positional else args.src
         if positional and args.src is not None:
             raise ConfigError("give the source once: either first or as src=")

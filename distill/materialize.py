@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from distill.assembly import PatchRef, centre_square, write_distilled_set
 from distill.bank import check_items_unchanged, load_bank, load_clusters, load_owners, read_meta
+from distill.cli import kv_usage, read_kv_args, setup_logging, wants_help
 from distill.data import build_source
 from distill.data.images import resized_size
 from distill.errors import ConfigError, DataError, DistillError
@@ -558,30 +559,18 @@ def recorded_settings(bank_dir) -> dict:
 
 def usage() -> str:
     """``--help``: the module's recipes and every argument with its default."""
-    lines = [__doc__.strip(), "", "arguments (key=value):"]
-    for k, v in DEFAULTS.items():
-        default = "" if v is None else f" [default: {v}]"
-        lines.append(f"  {k:<15} {ARG_HELP[k]}{default}")
-    return "\n".join(lines)
+    return kv_usage(__doc__, DEFAULTS, ARG_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``key=value`` arguments (OmegaConf syntax), e.g. ``bank_dir=RUN ipc=[20] classes=[0,2]``."""
     argv = list(argv if argv is not None else sys.argv[1:])
-    if any(a in ("-h", "--help", "help") for a in argv):
+    if wants_help(argv):
         print(usage())
         return 0
-    logging.basicConfig(
-        level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
-    )
-    args = OmegaConf.merge(
-        OmegaConf.create(DEFAULTS),
-        OmegaConf.from_dotlist(argv),
-    )
-    unknown = set(args) - set(DEFAULTS)
+    setup_logging()
     try:
-        if unknown:
-            raise ConfigError(f"unknown arguments {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        args = read_kv_args(argv, DEFAULTS)
         if args.bank_dir is None:
             raise ConfigError(
                 "bank_dir=RUN_DIR is required (a run folder holding bank/, or a bank folder)"

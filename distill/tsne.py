@@ -176,18 +176,15 @@ def tsne_figure(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from distill.cli import read_kv_args, setup_logging, wants_help
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
+    if wants_help(argv):
         print(__doc__.strip())
         return 0
-    logging.basicConfig(
-        level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
-    )
-    args = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(argv))
+    setup_logging()
     try:
-        unknown = set(args) - set(DEFAULTS)
-        if unknown:
-            raise ConfigError(f"unknown arguments {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        args = read_kv_args(argv, DEFAULTS)
         if not args.teacher:
             raise ConfigError("teacher=PATH (a teacher.pt) is required")
         sets = [Path(s) for s in args.sets]
