@@ -175,7 +175,10 @@ def read_kv_args(argv: list[str], defaults: dict):
     try:
         args = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.from_dotlist(argv))
     except Exception as e:  # OmegaConf's grammar errors
-        raise ConfigError(f"cannot read the arguments {argv}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"cannot read the arguments {argv}: {first} (key=value, lists as [a,b])"
+        ) from None
     unknown = set(args) - set(defaults)
     if unknown:
         raise ConfigError(f"unknown arguments {sorted(unknown)}; known: {sorted(defaults)}")

@@ -87,3 +87,15 @@ def test_errors_go_to_the_log_file_only(tmp_path, capsys):
 def test_lightning_noise_is_dropped_and_warnings_kept(msg, kept):
     rec = logging.LogRecord("lightning", logging.INFO, __file__, 0, msg, None, None)
     assert _DropTips().filter(rec) is kept
+
+
+def test_key_value_tools_refuse_bad_arguments_in_one_line():
+    from distill.cli import read_kv_args
+    from distill.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        read_kv_args(["ipc=[1"], {"ipc": None})
+    assert "\n" not in str(e.value) and "ipc=[1" in str(e.value)
+    with pytest.raises(ConfigError, match=r"unknown arguments \['ipcs'\]"):
+        read_kv_args(["ipcs=1"], {"ipc": None})
+    assert read_kv_args(["ipc=[1,2]"], {"ipc": None}).ipc == [1, 2]
