@@ -128,3 +128,20 @@ def compose(
             overrides=overrides or [],
             return_hydra_config=return_hydra_config,
         )
+
+
+def smoke_cfg(out: Path, *overrides: str):
+    """The smoke preset's config for a run in ``out``: no loggers, no progress bars, one CPU
+    thread per stage (so runs compare bit for bit), then ``overrides``."""
+    return compose(
+        "distill",
+        [
+            "experiment=smoke",
+            f"paths.output_dir={out}",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            "scoring.num_threads=1",
+            "features.num_threads=1",
+            *overrides,
+        ],
+    )

@@ -44,7 +44,7 @@ from distill.bank import (
 )
 from distill.errors import BankMismatchError, DataError
 from distill.io import atomic_write_json, atomic_write_text, remove_stale_temps
-from tests.conftest import compose, random_rgb, save_image
+from tests.conftest import compose, random_rgb, save_image, smoke_cfg
 
 
 @pytest.fixture(autouse=True)
@@ -399,21 +399,14 @@ def test_stage_entry_points_release_their_locks(tmp_path):
 
 
 def cfg_for(out: Path, *overrides: str):
-    return compose(
-        "distill",
-        [
-            "experiment=smoke",
-            f"paths.output_dir={out}",
-            "logger=none",
-            "trainer.enable_progress_bar=false",
-            "scoring.num_threads=1",
-            "features.num_threads=1",
-            "data.images_per_class=4",
-            "scoring.shard_size=4",
-            "features.shard_size=4",
-            "ipc=[1]",
-            *overrides,
-        ],
+    """12 images in 3 shards per stage."""
+    return smoke_cfg(
+        out,
+        "data.images_per_class=4",
+        "scoring.shard_size=4",
+        "features.shard_size=4",
+        "ipc=[1]",
+        *overrides,
     )
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from distill.pipeline import run
-from tests.conftest import FASHION_DEBIAN, ROOT, compose
+from tests.conftest import FASHION_DEBIAN, ROOT, compose, smoke_cfg
 from tests.test_teacher_selector import teacher_pt  # noqa: F401  (module fixture)
 
 pytestmark = [
@@ -48,9 +48,7 @@ def smoke(out: Path, *overrides: str):
 
 def miniature(out: Path, *overrides: str):
     """The smoke preset (random miniature model, generated shapes)."""
-    cfg = compose(
-        "distill", ["experiment=smoke", f"paths.output_dir={out}", "logger=none", *overrides]
-    )
+    cfg = smoke_cfg(out, *overrides)
     run(cfg)
     return cfg
 

@@ -23,7 +23,7 @@ from distill.dift import DiftModule
 from distill.materialize import main as materialize_main
 from distill.pipeline import run
 from distill.scoring.relevance import stable_seed
-from tests.conftest import ROOT, compose
+from tests.conftest import ROOT, smoke_cfg
 
 
 @pytest.fixture(autouse=True)
@@ -94,19 +94,7 @@ def test_dift_matches_reference(tiny_backend):
     assert (got[1] - got[2]).abs().max() > 1e-4  # different crops, different features
 
 
-def smoke(out: Path, *overrides: str):
-    return compose(
-        "distill",
-        [
-            "experiment=smoke",
-            f"paths.output_dir={out}",
-            "logger=none",
-            "trainer.enable_progress_bar=false",
-            "scoring.num_threads=1",
-            "features.num_threads=1",
-            *overrides,
-        ],
-    )
+smoke = smoke_cfg
 
 
 @pytest.fixture(scope="module")
