@@ -522,15 +522,20 @@ def write_shard(path: str | Path, records: list[dict], config_hash: str | None =
         write_jsonl(path, records, header)
 
 
-def npz_shard_index(path: str | Path) -> tuple[dict | None, np.ndarray, np.ndarray, int, int]:
-    """(header, index, k, failed count, feature dim) of a feature shard, without reading its
+def npz_shard_index(
+    path: str | Path,
+) -> tuple[dict | None, np.ndarray, np.ndarray, list[dict], int]:
+    """(header, index, k, failed records, feature dim) of a feature shard, without reading its
     features (npz members load one by one): what a streaming merge needs to plan the output."""
     path = Path(path)
     try:
         with np.load(path) as z:
             header = json.loads(str(z["header"])) if "header" in z.files else None
             index, k = np.asarray(z["index"]), np.asarray(z["k"])
-            failed = len(z["failed_index"])
+            failed = [
+                {"index": int(i), "error": str(e)}
+                for i, e in zip(z["failed_index"], z["failed_error"], strict=True)
+            ]
             with z.zip.open("feature.npy") as f:  # the shape from the member's .npy header
                 version = np.lib.format.read_magic(f)
                 read = (
@@ -541,10 +546,9 @@ def npz_shard_index(path: str | Path) -> tuple[dict | None, np.ndarray, np.ndarr
                 shape = read(f)[0]
     except Exception as e:  # a torn npz: zipfile, pickle or value errors
         raise DataError(f"{path} cannot be read ({type(e).__name__}: {e})") from e
-    if header is not None and header.get("records") != len(index) + failed:
-        raise DataError(
-            f"{path} holds {len(index) + failed} records, its header says {header.get('records')}"
-        )
+    if header is not None and header.get("records") != len(index) + len(failed):
+        n = len(index) + len(failed)
+        raise DataError(f"{path} holds {n} records, its header says {header.get('records')}")
     return header, index, k, failed, int(shape[1]) if len(shape) == 2 else 0
 
 

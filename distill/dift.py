@@ -341,7 +341,7 @@ def _merge_features(bank_dir: Path, bank, shards: list[Shard]) -> None:
 
     want = read_meta(bank_dir)["stages"]["features"]["hash"]
     ids = sorted(s.id for s in shards)
-    plan, n_ok, n_failed, dim, last = [], 0, 0, 0, (-1, -1)
+    plan, n_ok, failed_recs, dim, last = [], 0, [], 0, (-1, -1)
     monotone = True
     for sid in ids:
         path = shard_path(bank_dir, "features", sid)
@@ -362,10 +362,10 @@ def _merge_features(bank_dir: Path, bank, shards: list[Shard]) -> None:
             dim = dim or d
         plan.append((path, order, len(keys)))
         n_ok += len(keys)
-        n_failed += failed
+        failed_recs += failed
     if not monotone:
         return _merge_features_in_memory(bank_dir, bank, shards)
-    for r in merge_failed(bank_dir, ids):
+    for r in failed_recs:
         log.warning("no features for %s: %s", bank.records[r["index"]]["source"], r["error"])
     if not n_ok:
         raise DataError(f"no patch in {bank_dir} yielded DIFT features; see the warnings above")
@@ -387,19 +387,7 @@ def _merge_features(bank_dir: Path, bank, shards: list[Shard]) -> None:
         with open(tmp, "rb+") as f:
             fsync_file(f)
     write_npy(bank_dir / "feature_owners.npy", owners)
-    _finish_features(bank_dir, n_ok, dim, n_failed)
-
-
-def merge_failed(bank_dir: Path, ids: list[int]) -> list[dict]:
-    """The failed records of the feature shards (index and reason), without their features."""
-    out = []
-    for sid in ids:
-        with np.load(shard_path(bank_dir, "features", sid)) as z:
-            out += [
-                {"index": int(i), "error": str(e)}
-                for i, e in zip(z["failed_index"], z["failed_error"], strict=True)
-            ]
-    return out
+    _finish_features(bank_dir, n_ok, dim, len(failed_recs))
 
 
 def _finish_features(bank_dir: Path, n_ok: int, dim: int, n_failed: int) -> None:

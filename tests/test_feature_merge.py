@@ -51,7 +51,8 @@ def test_streaming_merge_equals_the_in_memory_merge(tmp_path):
 def test_shards_are_float16_and_indexed_without_their_features(tmp_path):
     make_shards(tmp_path)
     header, index, k, failed, dim = npz_shard_index(shard_path(tmp_path, "features", 1))
-    assert header["records"] == 7 and failed == 1 and dim == 6 and len(index) == len(k) == 6
+    assert header["records"] == 7 and len(failed) == 1 and dim == 6 and len(index) == len(k) == 6
+    assert failed == [{"index": 5, "error": "cannot reload"}]
     with np.load(shard_path(tmp_path, "features", 0)) as z:
         assert z["feature"].dtype == np.float16
 
