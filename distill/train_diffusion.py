@@ -14,6 +14,13 @@ probability ``null_prob``, so the model learns both losses Stage I compares.
 Three phases, each a plain loop: the VAE (reconstruction + a small KL), the latent scale
 (1 / std of the latents, as SD's 0.18215 was chosen), then the U-Net and the text encoder
 together on epsilon prediction. Weights are saved as fp16 safetensors with a model card.
+
+A run is resumable: the VAE, the encoded pool and every ``ckpt_every`` U-Net steps (weights,
+EMA, optimiser, learning-rate schedule, random state, losses) go to ``work_dir``; the same
+command continues a killed run from its last checkpoint. ``held_out`` training items are kept
+out of training and the *probe* (``distill.diffusion.probe``: the diffusion classifier's top-1
+and the class-vs-null loss gain, Stage I's measure of conditioning strength) runs on them every
+``probe.every`` steps, so settings are chosen on training data, never on the test split.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from distill.data.scenes import SCENE_DEFAULTS, make_scene, single_item
 from distill.data.sources import FASHION_CLASSES, fashion_arrays
 from distill.diffusion.architectures import save_components
 from distill.errors import DistillError
+from distill.io import atomic_path, atomic_write_json
 from distill.runtime import machine_name
 
 log = logging.getLogger("distill.train_diffusion")
@@ -80,7 +88,19 @@ DEFAULTS = {
     },
     "text": {"hidden": 64, "layers": 2, "heads": 4, "intermediate": 128, "lr": 3e-4},
     "log_every": 100,
+    # Checkpoints of a run in progress (null: outputs/train_diffusion/<out_dir's name>).
+    "work_dir": None,
+    "ckpt_every": 250,
+    # Continue from work_dir's checkpoint when its settings match (false: start afresh).
+    "resume": True,
+    # Training items kept out of training for the probe (the test split is never tuned on).
+    "held_out": 2000,
+    # The probe on held-out items: half single items, half scenes; Stage I's t range.
+    "probe": {"every": 1000, "images": 200, "draws": 8, "t_range": [0.1, 0.7], "seed": 0},
 }
+
+# Settings that may change between a run and its resumption (they do not change the model).
+RESUMABLE_KEYS = ("out_dir", "work_dir", "resume", "threads", "log_every", "ckpt_every", "probe")
 
 
 def build_models(cfg) -> dict:
@@ -168,16 +188,23 @@ class CanvasSampler:
         return x, torch.from_numpy(self.labels[idx].astype(np.int64))
 
 
-def _budget_left(t0: float, minutes) -> bool:
-    return minutes is None or (time.perf_counter() - t0) < float(minutes) * 60
+def _budget_left(elapsed_s: float, minutes) -> bool:
+    return minutes is None or elapsed_s < float(minutes) * 60
 
 
-def train_vae(vae, sample: CanvasSampler, cfg, t0: float) -> dict:
+def _progress(total: int, initial: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+
+
+def train_vae(vae, sample: CanvasSampler, cfg, clock) -> dict:
     opt = torch.optim.AdamW(vae.parameters(), lr=float(cfg.vae.lr), weight_decay=0.0)
     vae.train()
     losses, step = [], 0
     crop = int(cfg.vae.get("crop") or cfg.canvas)
     rng = np.random.default_rng(int(cfg.seed) + 3)
+    bar = _progress(int(cfg.vae.steps), 0, "vae")
     for step in range(1, int(cfg.vae.steps) + 1):
         x, _ = sample(int(cfg.vae.batch))
         if crop < x.shape[-1]:
@@ -192,11 +219,14 @@ def train_vae(vae, sample: CanvasSampler, cfg, t0: float) -> dict:
         loss.backward()
         opt.step()
         losses.append(float(mse.detach()))
+        bar.update(1)
         if step % int(cfg.log_every) == 0:
-            log.info("vae step %d: mse %.5f", step, float(np.mean(losses[-cfg.log_every :])))
-        if not _budget_left(t0, cfg.time_budget_min * 0.15 if cfg.time_budget_min else None):
+            bar.set_postfix(mse=f"{np.mean(losses[-cfg.log_every :]):.4f}")
+            log.debug("vae step %d: mse %.5f", step, float(np.mean(losses[-cfg.log_every :])))
+        if not _budget_left(clock(), cfg.time_budget_min * 0.15 if cfg.time_budget_min else None):
             log.warning("vae: time budget reached at step %d", step)
             break
+    bar.close()
     vae.eval()
     return {
         "steps": step,
@@ -221,22 +251,73 @@ def latent_scale(z: torch.Tensor) -> float:
     return float(1.0 / z.std())
 
 
-def train_unet(
-    models: dict, tokenizer, pool: tuple[torch.Tensor, torch.Tensor], cfg, t0: float
-) -> dict:
-    vae, unet, text_encoder, sched = (
-        models["vae"],
-        models["unet"],
-        models["text_encoder"],
-        models["scheduler"],
-    )
+def split_held_out(n: int, held_out: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training items used for training and those kept for the probe."""
+    if not 0 <= held_out < n:
+        raise DistillError(f"held_out={held_out} must be in [0, {n - 1}] (the split has {n} items)")
+    perm = np.random.default_rng([int(seed), 17]).permutation(n)
+    return np.sort(perm[held_out:]), np.sort(perm[:held_out])
+
+
+def probe_canvases(items, labels, idx: np.ndarray, n: int, canvas: int, seed: int):
+    """``n`` held-out canvases, the first half single items and the rest scenes, with labels."""
+    take = idx[np.random.default_rng([int(seed), 29]).permutation(len(idx))[:n]]
+    half = (len(take) + 1) // 2
+    out = []
+    for k, i in enumerate(take):
+        if k < half:
+            out.append(single_item(items, int(i), canvas))
+        else:
+            out.append(make_scene(items, labels, int(i), int(seed) + 101, canvas=canvas)[0])
+    x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return x, torch.from_numpy(labels[take].astype(np.int64)), half
+
+
+def prompt_ids(tokenizer, cfg) -> torch.Tensor:
     names = [n for _, n in FASHION_CLASSES]
     prompts = [str(cfg.prompt).format(name=n) for n in names] + [str(cfg.null_prompt)]
-    ids = tokenizer(
+    return tokenizer(
         prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
     ).input_ids
+
+
+@torch.no_grad()
+def run_probe(unet, text_encoder, ids, z_probe, y_probe, half: int, ac, cfg) -> dict:
+    """The diffusion classifier and the class-vs-null gain on the held-out canvases."""
+    from distill.diffusion.probe import prompt_losses, stratified_draws, summarize
+    from distill.scoring.relevance import timestep_bounds
+
+    was = unet.training, text_encoder.training
+    unet.eval()
+    text_encoder.eval()
+    lo, hi = timestep_bounds(list(cfg.probe.t_range), len(ac))
+    t, eps = stratified_draws(
+        len(z_probe), int(cfg.probe.draws), tuple(z_probe.shape[1:]), lo, hi, int(cfg.probe.seed)
+    )
+    losses = prompt_losses(unet, z_probe, text_encoder(ids)[0], ac, t, eps)
+    unet.train(was[0])
+    text_encoder.train(was[1])
+    return {
+        "single": summarize(losses[:half], y_probe[:half]),
+        "scene": summarize(losses[half:], y_probe[half:]),
+    }
+
+
+def _ema_unet(unet, ema: dict):
+    import copy
+
+    m = copy.deepcopy(unet)
+    m.load_state_dict(ema)
+    return m
+
+
+def train_unet(models: dict, tokenizer, pool, probe_set, cfg, work: Path, clock) -> dict:
+    """The U-Net and text encoder on epsilon prediction, checkpointed and probed as it goes."""
+    unet, text_encoder, sched = models["unet"], models["text_encoder"], models["scheduler"]
+    ids = prompt_ids(tokenizer, cfg)
+    n_classes = len(ids) - 1
     ac = sched.alphas_cumprod.float()
-    scale = float(vae.config.scaling_factor)
+    scale = float(models["vae"].config.scaling_factor)
     params = [
         {"params": unet.parameters(), "lr": float(cfg.unet.lr)},
         {"params": text_encoder.parameters(), "lr": float(cfg.text.lr)},
@@ -250,14 +331,67 @@ def train_unet(
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     decay = float(cfg.unet.ema)
     rng = torch.Generator().manual_seed(int(cfg.seed) + 11)
+    losses: list[float] = []
+    probes: list[dict] = []
+    done = 0
+    ckpt = work / "unet.ckpt"
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["opt"])
+        sched_lr.load_state_dict(state["sched"])
+        ema, losses, probes, done = state["ema"], state["losses"], state["probes"], state["step"]
+        rng.set_state(state["rng"])
+        log.info("resumed the U-Net at step %d of %d from %s", done, steps, ckpt)
+    z_probe = probe_set[0] * scale if probe_set is not None else None
+
+    def save(step: int) -> None:
+        state = {
+            "unet": unet.state_dict(),
+            "text_encoder": text_encoder.state_dict(),
+            "opt": opt.state_dict(),
+            "sched": sched_lr.state_dict(),
+            "ema": ema,
+            "losses": losses,
+            "probes": probes,
+            "step": step,
+            "rng": rng.get_state(),
+            "elapsed_s": clock(),
+        }
+        with atomic_path(ckpt) as tmp:
+            torch.save(state, tmp)
+
+    def probe(step: int) -> None:
+        if z_probe is None:
+            return
+        r = run_probe(
+            _ema_unet(unet, ema), text_encoder, ids, z_probe, probe_set[1], probe_set[2], ac, cfg
+        )
+        r["step"] = step
+        r["loss"] = float(np.mean(losses[-int(cfg.log_every) :])) if losses else None
+        probes.append(r)
+        log.info(
+            "probe at step %d: top-1 single %.1f%%, scenes %.1f%%; gain vs null %.2f%% / %.2f%%",
+            step,
+            100 * r["single"]["top1"],
+            100 * r["scene"]["top1"],
+            100 * r["single"]["gain_vs_null"],
+            100 * r["scene"]["gain_vs_null"],
+        )
+        with open(work / "probe.jsonl", "a") as f:
+            f.write(json.dumps(r) + "\n")
+
     unet.train()
     text_encoder.train()
-    losses, step = [], 0
-    for step in range(1, steps + 1):
+    every = int(cfg.probe.every) if cfg.probe.every else 0
+    step = done
+    bar = _progress(steps, done, "unet")
+    for step in range(done + 1, steps + 1):
         pick = torch.randint(0, len(pool[0]), (int(cfg.unet.batch),), generator=rng)
         z, y = pool[0][pick] * scale, pool[1][pick]
         null = torch.rand(len(y), generator=rng) < float(cfg.null_prob)
-        prompt_idx = torch.where(null, torch.full_like(y, len(names)), y)
+        prompt_idx = torch.where(null, torch.full_like(y, n_classes), y)
         # Eleven prompts in all: encode them once per step, then index (same gradients).
         emb = text_encoder(ids)[0][prompt_idx]
         t = torch.randint(0, len(ac), (len(y),), generator=rng)
@@ -277,16 +411,23 @@ def train_unet(
                 else:
                     ema[k].copy_(v)
         losses.append(float(loss.detach()))
+        bar.update(1)
         if step % int(cfg.log_every) == 0:
-            log.info(
-                "unet step %d: loss %.4f (%.0f s)",
-                step,
-                float(np.mean(losses[-cfg.log_every :])),
-                time.perf_counter() - t0,
-            )
-        if not _budget_left(t0, cfg.time_budget_min):
+            mean = float(np.mean(losses[-cfg.log_every :]))
+            bar.set_postfix(loss=f"{mean:.4f}")
+            with open(work / "losses.csv", "a") as f:
+                f.write(f"{step},{mean:.6f},{clock():.1f}\n")
+        if every and step % every == 0:
+            probe(step)
+        stop = not _budget_left(clock(), cfg.time_budget_min)
+        if step % int(cfg.ckpt_every) == 0 or step == steps or stop:
+            save(step)
+        if stop:
             log.warning("unet: time budget reached at step %d", step)
             break
+    bar.close()
+    if every and (not probes or probes[-1]["step"] != step):
+        probe(step)
     unet.load_state_dict(ema)
     unet.eval()
     text_encoder.eval()
@@ -294,6 +435,7 @@ def train_unet(
         "steps": step,
         "final_loss": float(np.mean(losses[-100:])),
         "first_loss": float(np.mean(losses[:20])),
+        "probes": probes,
     }
 
 
@@ -346,8 +488,50 @@ Reproduce (deterministic up to floating-point thread effects):
 """
 
 
+def work_dir(cfg) -> Path:
+    if cfg.get("work_dir"):
+        return Path(cfg.work_dir)
+    return Path("outputs") / "train_diffusion" / Path(cfg.out_dir).name
+
+
+def _model_settings(cfg) -> dict:
+    """The settings a checkpoint depends on (a resumed run must match them)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in sorted(c.items()) if k not in RESUMABLE_KEYS and not k.startswith("_")}
+
+
+def _open_work(cfg) -> Path:
+    """The run's work folder, emptied unless it holds a resumable run of the same settings."""
+    work = work_dir(cfg)
+    settings = _model_settings(cfg)
+    meta = work / "settings.json"
+    if work.exists() and meta.is_file() and cfg.resume:
+        old = json.loads(meta.read_text())
+        # The time budget may grow on a resume (train longer); nothing else may: even the
+        # step count shapes the learning-rate schedule already followed.
+        diff = sorted(
+            k
+            for k in set(old) | set(settings)
+            if k != "time_budget_min" and old.get(k) != settings.get(k)
+        )
+        if diff:
+            raise DistillError(
+                f"{work} holds a run with other settings ({', '.join(diff)}); "
+                "pass resume=false to start afresh, or work_dir=<another folder>"
+            )
+        log.info("resuming the run in %s", work)
+    elif work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(meta, settings)
+    return work
+
+
 def train(cfg) -> Path:
-    """Run all three phases and save the model; returns its folder."""
+    """Run all three phases and save the model; returns its folder.
+
+    Resumes from ``work_dir`` when it holds a checkpoint of the same settings.
+    """
     from transformers import CLIPTokenizer
 
     from distill.diffusion.tokenizer import write_clip_tokenizer
@@ -355,9 +539,26 @@ def train(cfg) -> Path:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(int(cfg.seed))
+    work = _open_work(cfg)
     t0 = time.perf_counter()
+    before = 0.0
+    if (work / "unet.ckpt").is_file():
+        before = float(torch.load(work / "unet.ckpt", weights_only=False)["elapsed_s"])
+    elif (work / "phase1.pt").is_file():
+        before = float(torch.load(work / "phase1.pt", weights_only=False)["elapsed_s"])
+
+    def clock() -> float:  # training seconds over every resumption
+        return before + time.perf_counter() - t0
+
     items, labels, _ = fashion_arrays(OmegaConf.create({"root": cfg.data_root}), "train")
-    sample = CanvasSampler(items, labels, int(cfg.canvas), float(cfg.scene_fraction), int(cfg.seed))
+    train_idx, held_idx = split_held_out(len(items), int(cfg.held_out), int(cfg.seed))
+    sample = CanvasSampler(
+        items[train_idx],
+        labels[train_idx],
+        int(cfg.canvas),
+        float(cfg.scene_fraction),
+        int(cfg.seed),
+    )
     models = build_models(cfg)
     with tempfile.TemporaryDirectory() as d:
         tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(d))
@@ -369,19 +570,43 @@ def train(cfg) -> Path:
         }
     }
     log.info("parameters: %s", stats["params"])
-    stats["vae"] = train_vae(models["vae"], sample, cfg, t0)
-    pool = encode_pool(models["vae"], sample, int(cfg.pool))
-    scale = latent_scale(pool[0])
+    phase1 = work / "phase1.pt"
+    if phase1.is_file():
+        state = torch.load(phase1, map_location="cpu", weights_only=False)
+        models["vae"].load_state_dict(state["vae"])
+        models["vae"].eval()
+        stats["vae"], pool, scale = state["stats"], state["pool"], state["scale"]
+        log.info("resumed: the VAE and its latent pool from %s", phase1)
+    else:
+        stats["vae"] = train_vae(models["vae"], sample, cfg, clock)
+        pool = encode_pool(models["vae"], sample, int(cfg.pool))
+        scale = latent_scale(pool[0])
+        with atomic_path(phase1) as tmp:
+            torch.save(
+                {
+                    "vae": models["vae"].state_dict(),
+                    "stats": stats["vae"],
+                    "pool": pool,
+                    "scale": scale,
+                    "elapsed_s": clock(),
+                },
+                tmp,
+            )
     models["vae"].register_to_config(scaling_factor=scale)
     stats["scaling_factor"] = scale
     log.info(
-        "latent pool of %d canvases encoded; scaling factor %.4f (%.0f s)",
-        len(pool[0]),
-        scale,
-        time.perf_counter() - t0,
+        "latent pool of %d canvases; scaling factor %.4f (%.0f s)", len(pool[0]), scale, clock()
     )
-    stats["unet"] = train_unet(models, tokenizer, pool, cfg, t0)
-    stats["minutes"] = (time.perf_counter() - t0) / 60
+    probe_set = None
+    if cfg.probe.every and len(held_idx):
+        x, y, half = probe_canvases(
+            items, labels, held_idx, int(cfg.probe.images), int(cfg.canvas), int(cfg.probe.seed)
+        )
+        with torch.no_grad():
+            probe_set = (models["vae"].encode(x).latent_dist.mean, y, half)
+    stats["unet"] = train_unet(models, tokenizer, pool, probe_set, cfg, work, clock)
+    stats["held_out"] = int(len(held_idx))
+    stats["minutes"] = clock() / 60
     stats["threads"] = torch.get_num_threads()
     stats["machine"] = machine_name()
     out = save_model(

@@ -47,6 +47,10 @@ def tiny_cfg(data_root: Path, out: Path, **kw):
                 "pool": 64,
                 "log_every": 10,
                 "time_budget_min": None,
+                "work_dir": str(out.parent / f"{out.name}.work"),
+                "held_out": 10,
+                "ckpt_every": 2,
+                "probe": {"every": 2, "images": 10, "draws": 2},
                 "vae": {"steps": 30, "batch": 8, "channels": [8, 16, 16]},
                 "unet": {"steps": 4, "batch": 8, "channels": [16, 32, 32], "warmup": 2},
                 "text": {"hidden": 32, "intermediate": 64},
@@ -60,6 +64,11 @@ def test_recipe_trains_and_saves_a_loadable_model(fake_fashion, tmp_path):
     out = train(tiny_cfg(fake_fashion, tmp_path / "m"))
     stats = json.loads((out / "training_stats.json").read_text())
     assert stats["vae"]["steps"] == 30 and stats["unet"]["steps"] == 4
+    assert [p["step"] for p in stats["unet"]["probes"]] == [2, 4]
+    assert (
+        stats["unet"]["probes"][0]["single"]["n"] == 5 == stats["unet"]["probes"][0]["scene"]["n"]
+    )
+    assert stats["held_out"] == 10
     assert stats["vae"]["final_mse"] < stats["vae"]["first_mse"], "the VAE must learn something"
     for sub in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"):
         assert (out / sub).is_dir()
@@ -119,3 +128,100 @@ def test_sign_on_the_trained_model():
         np.mean(rand),
         np.mean(worst),
     )
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {
+        f"{sub}/{k}": v
+        for sub in ("unet", "text_encoder", "vae")
+        for f in (folder / sub).glob("*.safetensors")
+        for k, v in load_file(f).items()
+    }
+
+
+def test_a_killed_run_resumes_to_the_same_model(fake_fashion, tmp_path, monkeypatch):
+    """Stopped after its third U-Net step (a checkpoint at step 2), the same command continues
+    from the checkpoint and writes the model an uninterrupted run writes, bit for bit."""
+    import distill.train_diffusion as td
+
+    cfg = tiny_cfg(fake_fashion, tmp_path / "whole")
+    whole = _weights(train(cfg))
+
+    cut = tiny_cfg(fake_fashion, tmp_path / "cut")
+    real = td.F.mse_loss
+    calls = {"n": 0}
+
+    def dies_on_third_unet_step(pred, target):
+        if pred.shape[1] == 4:  # the U-Net's epsilon loss (the VAE's has 3 channels)
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+        return real(pred, target)
+
+    monkeypatch.setattr(td.F, "mse_loss", dies_on_third_unet_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut)
+    monkeypatch.setattr(td.F, "mse_loss", real)
+    work = Path(cut.work_dir)
+    assert torch.load(work / "unet.ckpt", weights_only=False)["step"] == 2
+    resumed = _weights(train(cut))
+    assert whole.keys() == resumed.keys()
+    for k in whole:
+        assert torch.equal(whole[k], resumed[k]), k
+
+
+def test_resume_refuses_other_settings(fake_fashion, tmp_path):
+    from distill.errors import DistillError
+
+    cfg = tiny_cfg(fake_fashion, tmp_path / "m")
+    train(cfg)
+    with pytest.raises(DistillError, match=r"other settings \(null_prob\).*resume=false"):
+        train(OmegaConf.merge(cfg, {"null_prob": 0.3}))
+    # resume=false starts afresh in the same folder
+    train(OmegaConf.merge(cfg, {"null_prob": 0.3, "resume": False}))
+
+
+def test_probe_matches_a_per_image_loop():
+    """The batched probe equals a plain loop: one image, one draw, one prompt at a time."""
+    from diffusers import UNet2DConditionModel
+
+    from distill.diffusion.probe import prompt_losses, stratified_draws, summarize
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        norm_num_groups=8,
+    ).eval()
+    ac = torch.linspace(0.99, 0.01, 1000)
+    z = torch.randn(3, 4, 8, 8)
+    embs = torch.randn(4, 5, 8)  # 3 classes and the null prompt
+    t, eps = stratified_draws(3, 4, (4, 8, 8), 100, 700, seed=1)
+    # one draw per quarter of [100, 700]
+    assert ((t - 100) // 151 == torch.arange(4)).all() and t.min() >= 100 and t.max() <= 700
+    fast = prompt_losses(unet, z, embs, ac, t, eps, batch=5)
+    slow = torch.empty(3, 4, 4)
+    with torch.no_grad():
+        for b in range(3):
+            for p in range(4):
+                for n in range(4):
+                    a = ac[t[b, n]]
+                    x = a.sqrt() * z[b] + (1 - a).sqrt() * eps[b, n]
+                    pred = unet(x[None], t[b, n][None], encoder_hidden_states=embs[p][None]).sample
+                    slow[b, p, n] = (pred[0] - eps[b, n]).pow(2).mean()
+    assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-6)
+    labels = torch.tensor([0, 1, 2])
+    r = summarize(fast, labels)
+    m = slow.mean(dim=2)
+    assert r["top1"] == pytest.approx(float((m[:, :3].argmin(1) == labels).float().mean()))
+    gain = [(m[i, 3] - m[i, labels[i]]) / m[i, 3] for i in range(3)]
+    assert r["gain_vs_null"] == pytest.approx(float(sum(gain) / 3), abs=1e-6)
