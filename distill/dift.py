@@ -16,6 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from distill.bank import (
@@ -32,13 +33,15 @@ from distill.bank import (
 )
 from distill.clustering import uses_clusters
 from distill.data import build_source
-from distill.data.images import UnreadableImage, resize_rgb
+from distill.data.dataset import load_item_resized
+from distill.data.images import UnreadableImage, bank_decoder
 from distill.errors import ConfigError, DataError
 from distill.io import atomic_path, fsync_file
 from distill.runtime import (
     predict_then_merge,
     prepare_on_zero_first,
     quiet_third_party,
+    resolve_workers,
     set_cpu_threads,
 )
 from distill.scoring.plan import PlanSampler, Shard, assign, make_shards, pending
@@ -58,8 +61,9 @@ def feature_size(bank_spec: dict) -> int:
 class PatchCrops(Dataset):
     """Every bank record's patches as uint8 (k, 3, P, P) crops of its resized image."""
 
-    def __init__(self, source, records: list[dict], size: int):
+    def __init__(self, source, records: list[dict], size: int, decoder: str = "pil"):
         self.source, self.records, self.size = source, records, size
+        self.decoder = decoder
         self.index_of = {it.source: i for i, it in enumerate(source.items)}
 
     def __len__(self) -> int:
@@ -69,7 +73,10 @@ class PatchCrops(Dataset):
         r = self.records[i]
         out = {"index": i, "source": r["source"], "label": r["label"]}
         try:
-            im = resize_rgb(self.source.load(self.index_of[r["source"]]), tuple(r["size"]))
+            arr, _ = load_item_resized(
+                self.source, self.index_of[r["source"]], lambda _: tuple(r["size"]), self.decoder
+            )
+            im = Image.fromarray(arr)
         except (UnreadableImage, KeyError) as e:
             out["error"] = f"cannot reload for features: {e}"
             return out
@@ -307,9 +314,12 @@ def run_features(cfg: DictConfig) -> None:
             )
         else:
             module = DiftModule(backend, [_Cls(c) for c in bank.classes], cfg.features)
-        crops = PatchCrops(source, bank.records, spec["size"])
+        crops = PatchCrops(source, bank.records, spec["size"], bank_decoder(bank.spec))
         data = CropData(
-            crops, todo, int(cfg.features.batch_size), int(cfg.features.get("num_workers", 0))
+            crops,
+            todo,
+            int(cfg.features.batch_size),
+            resolve_workers(cfg.features.get("num_workers", 0), cfg.trainer),
         )
         return module, data
 

@@ -182,6 +182,38 @@ def device_type(trainer_cfg) -> str:
     return acc
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def resolve_workers(value, trainer_cfg, key: str = "num_workers") -> int:
+    """DataLoader workers for ``value``: an integer as given, or ``auto``.
+
+    ``auto`` on an accelerator is the cores one device's process may use, less one for the
+    process itself (capped at 16): decoding then runs beside the GPU. On the CPU the U-Net
+    already uses every core and decoding is a few percent of a step, so ``auto`` is 0
+    (workers would only take cores from the U-Net).
+    """
+    if value is None:
+        return 0
+    if str(value) != "auto":
+        return int(value)
+    if device_type(trainer_cfg) == "cpu":
+        return 0
+    devices = trainer_cfg.get("devices", 1)
+    try:
+        per_node = int(devices) if str(devices) not in ("auto", "-1") else None
+    except (TypeError, ValueError):
+        per_node = len(devices) if OmegaConf.is_list(devices) else None
+    if per_node is None:
+        per_node = max(1, torch.cuda.device_count())
+    return max(1, min(16, available_cores() // max(1, per_node) - 1))
+
+
 _LOGGERS: dict[int, list] = {}
 
 

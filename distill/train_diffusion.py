@@ -93,6 +93,9 @@ DEFAULTS = {
     "ckpt_every": 250,
     # Continue from work_dir's checkpoint when its settings match (false: start afresh).
     "resume": True,
+    # Reuse the VAE and latent pool of another run's work folder (same VAE settings): trials
+    # of U-Net settings then skip phase 1.
+    "phase1_from": None,
     # Training items kept out of training for the probe (the test split is never tuned on).
     "held_out": 2000,
     # The probe on held-out items: half single items, half scenes; Stage I's t range.
@@ -100,7 +103,18 @@ DEFAULTS = {
 }
 
 # Settings that may change between a run and its resumption (they do not change the model).
-RESUMABLE_KEYS = ("out_dir", "work_dir", "resume", "threads", "log_every", "ckpt_every", "probe")
+RESUMABLE_KEYS = (
+    "out_dir",
+    "work_dir",
+    "resume",
+    "threads",
+    "log_every",
+    "ckpt_every",
+    "probe",
+    "phase1_from",
+)
+# The settings phase 1 (the VAE and its latent pool) depends on.
+PHASE1_KEYS = ("data_root", "canvas", "scene_fraction", "seed", "vae", "pool", "held_out")
 
 
 def build_models(cfg) -> dict:
@@ -527,6 +541,19 @@ def _open_work(cfg) -> Path:
     return work
 
 
+def _copy_phase1(src: Path, dst: Path, cfg) -> None:
+    """Copy another run's phase 1 after checking it was made with the same VAE settings."""
+    meta = src / "settings.json"
+    if not (src / "phase1.pt").is_file() or not meta.is_file():
+        raise DistillError(f"phase1_from={src}: no phase1.pt and settings.json there")
+    old, new = json.loads(meta.read_text()), _model_settings(cfg)
+    diff = [k for k in PHASE1_KEYS if old.get(k) != new.get(k)]
+    if diff:
+        raise DistillError(f"phase1_from={src} was made with other settings ({', '.join(diff)})")
+    shutil.copyfile(src / "phase1.pt", dst)
+    log.info("phase 1 (VAE and latent pool) taken from %s", src)
+
+
 def train(cfg) -> Path:
     """Run all three phases and save the model; returns its folder.
 
@@ -571,6 +598,8 @@ def train(cfg) -> Path:
     }
     log.info("parameters: %s", stats["params"])
     phase1 = work / "phase1.pt"
+    if not phase1.is_file() and cfg.get("phase1_from"):
+        _copy_phase1(Path(cfg.phase1_from), phase1, cfg)
     if phase1.is_file():
         state = torch.load(phase1, map_location="cpu", weights_only=False)
         models["vae"].load_state_dict(state["vae"])

@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from distill.data.images import DECODERS
 from distill.errors import ConfigError
 
 T_SAMPLING = ("iid", "stratified", "grid")
@@ -106,6 +107,13 @@ def check_data(data) -> None:
     _int_at_least(data, "short_edge", "data", 1)
     _int_at_least(data, "min_side", "data", 1)
     _int_at_least(data, "max_pixels", "data", 1, "null = no limit", optional=True)
+    _one_of(data, "decoder", "data", DECODERS)
+
+
+def _workers(node, prefix: str) -> None:
+    if node is None or node.get("num_workers") in (None, "auto"):
+        return
+    _int_at_least(node, "num_workers", prefix, 0, "or auto")
 
 
 def check_scoring(scoring) -> None:
@@ -114,7 +122,7 @@ def check_scoring(scoring) -> None:
         _int_at_least(scoring, key, p, 1)
     _int_at_least(scoring, "topk", p, 1, "best patches kept per image")
     _int_at_least(scoring, "patch", p, 1, "null = the whole image", optional=True)
-    _int_at_least(scoring, "num_workers", p, 0)
+    _workers(scoring, p)
     _one_of(scoring, "t_sampling", p, T_SAMPLING)
     _one_of(scoring, "on_mismatch", p, ON_MISMATCH)
     tr = scoring.get("t_range")
@@ -141,7 +149,7 @@ def check_features(features, steps: int | None) -> None:
     for key in ("ensemble", "batch_size", "unet_batch", "vae_batch", "shard_size"):
         _int_at_least(features, key, p, 1)
     _int_at_least(features, "up_ft_index", p, 0)
-    _int_at_least(features, "num_workers", p, 0)
+    _workers(features, p)
     _one_of(features, "pool", p, POOLS)
     _one_of(features, "on_mismatch", p, ON_MISMATCH)
     t = features.get("timestep")

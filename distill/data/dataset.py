@@ -11,17 +11,31 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from distill.data.images import UnreadableImage, resize_rgb, resized_size
+from distill.data.images import UnreadableImage, load_resized, resize_rgb, resized_size
 from distill.data.sources import Source
+
+
+def load_item_resized(source: Source, i: int, size_of, decoder: str = "pil"):
+    """Item ``i`` as (H, W, 3) uint8 pixels at ``size_of((w, h))``, and its displayed size.
+
+    Files of a plain file source go through ``data.decoder`` (`distill.data.images`); items a
+    source makes itself (arrays, scenes) are decoded by the source and resized as ``pil``.
+    """
+    item = source.items[i]
+    if decoder != "pil" and item.path is not None and type(source).load is Source.load:
+        return load_resized(item.path, size_of, decoder)
+    im = source.load(i)
+    return np.asarray(resize_rgb(im, tuple(size_of(im.size))), dtype=np.uint8), im.size
 
 
 class ResizedImages(Dataset):
     """Items of a `Source`, decoded to uint8 RGB tensors at the pipeline's resolution."""
 
-    def __init__(self, source: Source, short_edge: int, multiple: int = 8):
+    def __init__(self, source: Source, short_edge: int, multiple: int = 8, decoder: str = "pil"):
         self.source = source
         self.short_edge = int(short_edge)
         self.multiple = int(multiple)
+        self.decoder = decoder
 
     def __len__(self) -> int:
         return len(self.source.items)
@@ -34,17 +48,17 @@ class ResizedImages(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = self.source.items[i]
         out = {"index": i, "source": item.source, "label": item.label, "orig_size": item.size}
+        size = self.target_size(i)
         try:
-            im = self.source.load(i)
+            arr, shown = load_item_resized(self.source, i, lambda _: size, self.decoder)
         except UnreadableImage as e:
             out["error"] = str(e)
             return out
-        if im.size != tuple(item.size):
-            out["error"] = f"decoded size {im.size} differs from header size {item.size}"
+        if tuple(shown) != tuple(item.size):
+            out["error"] = f"decoded size {tuple(shown)} differs from header size {item.size}"
             return out
-        size = self.target_size(i)
-        arr = np.asarray(resize_rgb(im, size), dtype=np.uint8)
-        out["pixels"] = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        arr = arr if arr.flags.writeable and arr.flags.c_contiguous else arr.copy()
+        out["pixels"] = torch.from_numpy(arr).permute(2, 0, 1)
         out["size"] = size
         return out
 

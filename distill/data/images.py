@@ -8,6 +8,15 @@ everything else raises `UnreadableImage` with a reason, which the data layer rec
 `skipped.csv` instead of dropping silently or ending the run.
 
 `DECODE_RULES` names these rules; the bank hashes it, so a change of decoding is a new bank.
+
+Two decoders turn a file into the pipeline's resized pixels (``data.decoder``):
+
+- ``pil`` (the default): the whole file decoded by PIL, then one antialiased bicubic resize.
+- ``fast``: for JPEGs, libjpeg's DCT scaling (PIL's ``draft``) when the file is at least
+  twice the target size, else torchvision's ``decode_jpeg`` and an antialiased bicubic tensor
+  resize; the same EXIF rule; every other format, and any JPEG the fast path cannot read
+  whole, goes the ``pil`` way. Its pixels differ from ``pil``'s by rounding-level amounts
+  (tested), so the decoder is part of the bank's hash whenever it is not ``pil``.
 """
 
 from __future__ import annotations
@@ -205,3 +214,106 @@ def resize_rgb(im: Image.Image, size: tuple[int, int]) -> Image.Image:
     if im.size == tuple(size):
         return im
     return im.resize(tuple(size), Image.Resampling.BICUBIC, reducing_gap=None)
+
+
+DECODERS = ("pil", "fast")
+
+
+def decode_rules(decoder: str = "pil") -> dict:
+    """What a bank hashes about decoding: `DECODE_RULES`, and the decoder unless ``pil``
+    (banks made before the choice existed keep their hash)."""
+    check_decoder(decoder)
+    return dict(DECODE_RULES) if decoder == "pil" else {**DECODE_RULES, "decoder": decoder}
+
+
+def bank_decoder(spec: dict) -> str:
+    """The decoder a bank's pixels were made with (Stage II must reload them the same way)."""
+    return str(spec.get("decode", {}).get("decoder", "pil"))
+
+
+def check_decoder(name: str) -> str:
+    if name not in DECODERS:
+        from distill.errors import ConfigError
+
+        raise ConfigError(f"data.decoder={name!r} is not one of {list(DECODERS)}")
+    return name
+
+
+def load_resized(path: str | Path, size_of, decoder: str = "pil") -> tuple[np.ndarray, tuple]:
+    """Pixels (H, W, 3) uint8 of the file resized to ``size_of((w, h))``, and (w, h) as shown.
+
+    ``size_of`` maps the displayed original size to the target (width, height); the ``fast``
+    decoder needs the target before decoding (module docstring). Raises `UnreadableImage`.
+    """
+    if decoder == "fast":
+        fast = _load_resized_fast(Path(path), size_of)
+        if fast is not None:
+            return fast
+    im = load_rgb(path)
+    return np.asarray(resize_rgb(im, size_of(im.size)), dtype=np.uint8), im.size
+
+
+_JPEG_EOI = b"\xff\xd9"
+
+
+def _load_resized_fast(path: Path, size_of) -> tuple[np.ndarray, tuple] | None:
+    """The fast path for a whole, readable JPEG; None sends the file down the PIL path."""
+    try:
+        with Image.open(path) as im:
+            if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+                return None
+            turn = orientation(im)
+            w, h = im.size
+            shown = (h, w) if turn in _SWAPS_AXES else (w, h)
+            tw, th = size_of(shown)
+            stored_target = (th, tw) if turn in _SWAPS_AXES else (tw, th)
+            if w >= 2 * stored_target[0] and h >= 2 * stored_target[1]:
+                # libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below the target size.
+                im.draft("RGB", stored_target)
+                im.load()
+                rgb = to_rgb(im)
+                t = _ORIENT.get(turn)
+                rgb = rgb.transpose(t) if t is not None else rgb
+                return np.asarray(resize_rgb(rgb, (tw, th)), dtype=np.uint8), shown
+        data = path.read_bytes()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None  # the PIL path raises the proper UnreadableImage
+    # libjpeg-turbo decodes a truncated file with a warning only: a JPEG must end with its
+    # end-of-image marker to take this path (PIL then refuses the truncated file).
+    if not data.rstrip(b"\x00").endswith(_JPEG_EOI):
+        return None
+    import torch
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        x = decode_jpeg(
+            torch.frombuffer(bytearray(data), dtype=torch.uint8),
+            mode=ImageReadMode.RGB,
+            apply_exif_orientation=False,
+        )
+    except RuntimeError:
+        return None
+    x = _orient_tensor(x, turn)
+    if tuple(x.shape[1:]) != (shown[1], shown[0]):
+        return None
+    if (tw, th) != shown:
+        x = TF.resize(x, [th, tw], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    return x.permute(1, 2, 0).contiguous().numpy(), shown
+
+
+# `_ORIENT`'s transposes on a (C, H, W) tensor (checked against PIL's in the tests).
+_ORIENT_TENSOR = {
+    2: lambda x: x.flip(-1),
+    3: lambda x: x.flip(-1).flip(-2),
+    4: lambda x: x.flip(-2),
+    5: lambda x: x.transpose(-2, -1),
+    6: lambda x: x.rot90(-1, dims=(-2, -1)),
+    7: lambda x: x.transpose(-2, -1).flip(-1).flip(-2),
+    8: lambda x: x.rot90(1, dims=(-2, -1)),
+}
+
+
+def _orient_tensor(x, turn: int):
+    f = _ORIENT_TENSOR.get(turn)
+    return f(x) if f is not None else x

@@ -28,7 +28,7 @@ from distill.bank import (
 )
 from distill.data import ResizedImages, build_source, write_skipped_csv
 from distill.data.classes import write_classes_csv
-from distill.data.images import DECODE_RULES
+from distill.data.images import check_decoder, decode_rules
 from distill.data.records import SkipRecord, read_skipped_csv
 from distill.diffusion import DiffusionBackend, resolve_dtype
 from distill.errors import DataError
@@ -40,6 +40,7 @@ from distill.runtime import (
     predict_then_merge,
     prepare_on_zero_first,
     quiet_third_party,
+    resolve_workers,
 )
 from distill.scoring.module import ScoringData, ScoringModule, patch_geometry
 from distill.scoring.plan import make_shards, pending
@@ -67,7 +68,8 @@ SCORING_KEYS_IF_SET = {"t_sampling": "iid"}
 # evaluation split) or are hashed in resolved form (the class order: the spec's "classes";
 # the pixel limit: the items it lets through are in the items digest); every other data
 # setting is part of the hash.
-DATA_IGNORED = ("root", "val_split", "class_order", "class_orders", "max_pixels")
+# The decoder is hashed under "decode" (decode_rules), where a default leaves old hashes alone.
+DATA_IGNORED = ("root", "val_split", "class_order", "class_orders", "max_pixels", "decoder")
 
 
 def score_spec(cfg: DictConfig, source, backend) -> dict:
@@ -84,7 +86,7 @@ def score_spec(cfg: DictConfig, source, backend) -> dict:
         "classes": [[c.key, c.name] for c in source.classes],
         "items": {"count": len(source.items), "digest": items_digest(source)},
         # How files become pixels (EXIF orientation, alpha, frames): another rule, other scores.
-        "decode": dict(DECODE_RULES),
+        "decode": decode_rules(str(data.get("decoder") or "pil")),
         "model": backend.fingerprint(),
     }
 
@@ -129,7 +131,12 @@ def run_score(cfg: DictConfig) -> None:
     )
     backend = load_backend(cfg)
     patch_geometry(cfg.scoring, backend.vae_factor, int(cfg.data.short_edge))  # fail fast
-    dataset = ResizedImages(source, int(cfg.data.short_edge), backend.vae_factor)
+    dataset = ResizedImages(
+        source,
+        int(cfg.data.short_edge),
+        backend.vae_factor,
+        check_decoder(str(cfg.data.get("decoder") or "pil")),
+    )
     sizes = [dataset.target_size(i) for i in range(len(dataset))]
     spec = score_spec(cfg, source, backend)
     classes = [c.to_dict() for c in source.classes]
@@ -196,7 +203,7 @@ def run_score(cfg: DictConfig) -> None:
             todo,
             sizes,
             int(cfg.scoring.batch_size),
-            int(cfg.scoring.get("num_workers", 0)),
+            resolve_workers(cfg.scoring.get("num_workers", 0), cfg.trainer),
         )
         return module, data
 
