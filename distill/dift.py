@@ -299,9 +299,9 @@ def run_features(cfg: DictConfig) -> None:
         config_hash(spec)[:12],
     )
     source = (
-        build_source(OmegaConf.create(bank.meta["data_cfg"]))
+        build_source(OmegaConf.create(bank.meta["data_cfg"]), index_dir=bank_dir / "listing")
         if "data_cfg" in bank.meta
-        else build_source(cfg.data)
+        else build_source(cfg.data, index_dir=bank_dir / "listing")
     )
     check_items_unchanged(bank_dir, bank.spec, source)  # the boxes are of the scored pixels
 

@@ -317,7 +317,10 @@ def materialize(
         cfg = data_cfg if data_cfg is not None else meta.get("data_cfg")
         if cfg is None:
             raise DataError("the bank does not record its dataset (data_cfg); pass data_cfg")
-        source = build_source(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg)
+        source = build_source(
+            OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg,
+            index_dir=bank_path / "listing" if bank_dir is not None else None,
+        )
     if bank is not None:  # the bank's boxes are of the pixels it scored
         check_items_unchanged(bank.path, bank.spec, source)
     all_classes = [c.to_dict() for c in source.classes] if bank is None else bank.classes

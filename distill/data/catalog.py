@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import pickle
 from collections import OrderedDict
 from collections.abc import Callable
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from distill.data.classes import resolve_class_order
@@ -86,13 +89,89 @@ def clear_source_cache() -> None:
     _BUILT.clear()
 
 
-def build_source(cfg, split: str | None = None) -> Source:
+# Kinds whose listing walks folders and reads headers (the others are arrays in memory).
+_FILE_KINDS = ("imagenet", "folder", "tinyimagenet")
+INDEX_VERSION = 1
+
+
+def _index_path(index_dir, key: str):
+    from pathlib import Path
+
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(index_dir) / f"listing-{digest}.pkl"
+
+
+def _file_stats(src: Source) -> np.ndarray:
+    """(size, mtime_ns) of every listed file; -1 where a file cannot be stat'ed."""
+    out = np.empty((len(src.items), 2), np.int64)
+    for i, it in enumerate(src.items):
+        try:
+            st = os.stat(it.path)
+            out[i] = (st.st_size, st.st_mtime_ns)
+        except (OSError, TypeError):
+            out[i] = (-1, -1)
+    return out
+
+
+def _load_index(path, key: str, root: str | None) -> Source | None:
+    """The listing stored at ``path`` if it is of this config and nothing it lists changed.
+
+    Checked: the config key, the dataset root's real path, the modification time of every
+    folder holding a listed or skipped file (a file added, removed or renamed changes it)
+    and the size and modification time of every listed file (an image edited in place).
+    """
+    try:
+        with open(path, "rb") as f:
+            saved = pickle.load(f)
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # a cut or garbled index is rebuilt, never trusted
+        log.warning("listing index %s is unreadable (%s): listing again", path, e)
+        return None
+    if saved.get("version") != INDEX_VERSION or saved.get("key") != key:
+        return None
+    src = saved["source"]
+    real = os.path.realpath(root) if root else None
+    if saved.get("root") != real:
+        return None
+    if _folders_state(src) != saved["folders"]:
+        log.info("listing index %s: a folder changed; listing again", path.name)
+        return None
+    if not np.array_equal(_file_stats(src), saved["files"]):
+        log.info("listing index %s: an image changed; listing again", path.name)
+        return None
+    return src
+
+
+def _save_index(path, key: str, root: str | None, src: Source) -> None:
+    from distill.io import atomic_path
+
+    blob = {
+        "version": INDEX_VERSION,
+        "key": key,
+        "root": os.path.realpath(root) if root else None,
+        "folders": _folders_state(src),
+        "files": _file_stats(src),
+        "source": src,
+    }
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            pickle.dump(blob, f, protocol=pickle.HIGHEST_PROTOCOL)
+    except OSError as e:  # a read-only bank still runs; it lists again next time
+        log.warning("cannot write the listing index %s: %s", path, e)
+
+
+def build_source(cfg, split: str | None = None, index_dir=None) -> Source:
     """Build the source described by a ``data`` config (once per process and config: a later
     call with the same config returns the same listing while none of its folders changed).
 
     Args:
         cfg: the ``data`` config node (``kind``, ``root``, ``classes`` ...).
         split: which split; defaults to ``data.split``.
+        index_dir: where a listing of a folder dataset is kept between processes (the
+            bank's ``listing/``): later stages, ranks and ``materialize`` read it instead
+            of walking the folders and reading every header again (`_load_index` says
+            what is checked first).
     """
     split = split if split is not None else cfg.get("split")
     key = _cache_key(cfg, split)
@@ -101,7 +180,17 @@ def build_source(cfg, split: str | None = None) -> Source:
         _BUILT.move_to_end(key)
         log.debug("reusing the listing of %s/%s", hit[0].name, split)
         return hit[0]
-    src = _build(cfg, split)
+    src = None
+    index = None
+    if index_dir is not None and cfg.get("kind") in _FILE_KINDS:
+        index = _index_path(index_dir, key)
+        src = _load_index(index, key, cfg.get("root"))
+        if src is not None:
+            log.info("%s (listing from %s)", src.describe(), index)
+    if src is None:
+        src = _build(cfg, split)
+        if index is not None:
+            _save_index(index, key, cfg.get("root"), src)
     _BUILT[key] = (src, _folders_state(src))
     while len(_BUILT) > _KEEP:
         _BUILT.popitem(last=False)

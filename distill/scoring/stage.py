@@ -122,7 +122,7 @@ def run_score(cfg: DictConfig) -> None:
     out_dir, bank_dir = Path(cfg.paths.output_dir), Path(cfg.paths.bank_dir)
     check_t_sampling(cfg.scoring.get("t_sampling", "iid"))
     zero = is_launch_rank_zero()
-    source = build_source(cfg.data)
+    source = build_source(cfg.data, index_dir=bank_dir / "listing")
     check_candidates(
         source,
         list(cfg.ipc),
