@@ -82,12 +82,19 @@ DEFAULTS = {
         "lr": 6e-4,
         "warmup": 200,
         "ema": 0.995,
+        # Share of training timesteps drawn from t_focus (fractions of the schedule), the
+        # rest uniform over all steps; null = uniform (the standard DDPM objective). Stage I
+        # and the probe read the loss at t in [0.1, 0.7].
+        "t_focus": None,
+        "t_focus_prob": 0.75,
         "channels": [32, 64, 64],
         "layers_per_block": 1,
         "heads": 4,
     },
     "text": {"hidden": 64, "layers": 2, "heads": 4, "intermediate": 128, "lr": 3e-4},
     "log_every": 100,
+    # A Markdown file appended to the model card (e.g. the table of settings tried).
+    "card_notes": None,
     # Checkpoints of a run in progress (null: outputs/train_diffusion/<out_dir's name>).
     "work_dir": None,
     "ckpt_every": 250,
@@ -112,6 +119,7 @@ RESUMABLE_KEYS = (
     "ckpt_every",
     "probe",
     "phase1_from",
+    "card_notes",
 )
 # The settings phase 1 (the VAE and its latent pool) depends on.
 PHASE1_KEYS = ("data_root", "canvas", "scene_fraction", "seed", "vae", "pool", "held_out")
@@ -396,6 +404,11 @@ def train_unet(models: dict, tokenizer, pool, probe_set, cfg, work: Path, clock)
         with open(work / "probe.jsonl", "a") as f:
             f.write(json.dumps(r) + "\n")
 
+    focus = None
+    if cfg.unet.get("t_focus") is not None:
+        from distill.scoring.relevance import timestep_bounds
+
+        focus = timestep_bounds(list(cfg.unet.t_focus), len(ac))
     unet.train()
     text_encoder.train()
     every = int(cfg.probe.every) if cfg.probe.every else 0
@@ -409,6 +422,10 @@ def train_unet(models: dict, tokenizer, pool, probe_set, cfg, work: Path, clock)
         # Eleven prompts in all: encode them once per step, then index (same gradients).
         emb = text_encoder(ids)[0][prompt_idx]
         t = torch.randint(0, len(ac), (len(y),), generator=rng)
+        if focus is not None:
+            near = torch.randint(focus[0], focus[1] + 1, (len(y),), generator=rng)
+            pick_near = torch.rand(len(y), generator=rng) < float(cfg.unet.t_focus_prob)
+            t = torch.where(pick_near, near, t)
         eps = torch.randn(z.shape, generator=rng)
         a = ac[t].view(-1, 1, 1, 1)
         pred = unet(a.sqrt() * z + (1 - a).sqrt() * eps, t, encoder_hidden_states=emb).sample
@@ -474,8 +491,50 @@ def save_model(models: dict, tokenizer, out_dir: Path, card: str, fp16: bool = T
     return out_dir
 
 
+def _t_rule(cfg) -> str:
+    f = cfg.unet.get("t_focus")
+    if f is None:
+        return "uniform"
+    return f"{cfg.unet.t_focus_prob:.0%} in [{f[0]}, {f[1]}] of the schedule, the rest uniform"
+
+
+def probe_table(stats: dict, cfg) -> str:
+    """The held-out probe over training, as a Markdown table (empty without probes)."""
+    probes = stats.get("unet", {}).get("probes") or []
+    if not probes:
+        return ""
+    lo, hi = (float(v) for v in cfg.probe.t_range)
+    n = probes[-1]["single"]["n"] + probes[-1]["scene"]["n"]
+    rows = [
+        f"| {r['step']} | {r['loss']:.4f} | {100 * r['single']['top1']:.1f}% | "
+        f"{100 * r['scene']['top1']:.1f}% | {100 * r['single']['gain_vs_null']:.2f}% | "
+        f"{100 * r['scene']['gain_vs_null']:.2f}% |"
+        for r in probes
+        if r.get("loss") is not None
+    ]
+    return (
+        f"""
+## Probe during training (held-out training items)
+
+{stats.get("held_out", 0):,} training items were kept out of training; {n} of them ({probes[-1]["single"]["n"]} single
+items, {probes[-1]["scene"]["n"]} scenes) are probed with the EMA weights: the diffusion classifier's top-1 (the
+class prompt with the lowest loss over {cfg.probe.draws} shared stratified draws at t in
+[{lo}, {hi}], chance 10%) and the class-vs-null loss gain. The test split is probed once, after
+training, by `benchmarks/fashion_probe.py`.
+
+| step | loss | top-1 single | top-1 scenes | gain vs null, single | gain vs null, scenes |
+| --- | --- | --- | --- | --- | --- |
+"""
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
 def model_card(cfg, stats: dict, argv: list[str]) -> str:
     p = stats["params"]
+    notes = ""
+    if cfg.get("card_notes"):
+        notes = "\n" + Path(cfg.card_notes).read_text()
     return f"""# fashion-ldm: a small text-to-image latent diffusion model for Fashion-MNIST
 
 Trained by this project (`distill.train_diffusion`) so that the pipeline has a real diffusion
@@ -488,18 +547,19 @@ layout: load it with `diffusion.model=models/fashion-ldm` (or diffusers' `from_p
 | prompts | "{cfg.prompt}" with the class name; null prompt "{cfg.null_prompt}" with probability {cfg.null_prob} |
 | VAE | `AutoencoderKL`, channels {list(cfg.vae.channels)}, f = {2 ** (len(cfg.vae.channels) - 1)}, {cfg.vae.latent_channels} latent channels, {p["vae"]:,} parameters; {stats["vae"]["steps"]} steps of batch {cfg.vae.batch} ({cfg.vae.crop} px crops); reconstruction MSE (pixels in [-1, 1]) {stats["vae"]["first_mse"]:.4f} -> {stats["vae"]["final_mse"]:.4f} |
 | latent scale | {stats["scaling_factor"]:.4f} (1 / std of the posterior means of {cfg.pool:,} canvases, the U-Net's training pool) |
-| U-Net | `UNet2DConditionModel`, channels {list(cfg.unet.channels)}, cross-attention, {p["unet"]:,} parameters; {stats["unet"]["steps"]} steps of batch {cfg.unet.batch}, AdamW lr {cfg.unet.lr} (warm-up, cosine), EMA {cfg.unet.ema}; epsilon loss {stats["unet"]["first_loss"]:.4f} -> {stats["unet"]["final_loss"]:.4f} |
+| U-Net | `UNet2DConditionModel`, channels {list(cfg.unet.channels)}, cross-attention, {p["unet"]:,} parameters; {stats["unet"]["steps"]} steps of batch {cfg.unet.batch}, AdamW lr {cfg.unet.lr} (warm-up, cosine), EMA {cfg.unet.ema}, timesteps {_t_rule(cfg)}; epsilon loss {stats["unet"]["first_loss"]:.4f} -> {stats["unet"]["final_loss"]:.4f} |
 | text encoder | `CLIPTextModel`, {cfg.text.layers} layers, width {cfg.text.hidden}, {p["text_encoder"]:,} parameters, trained with the U-Net; the real CLIP BPE tokenizer (49,408 tokens) |
 | schedule | DDPM, SD v1.5's scaled-linear betas (0.00085 to 0.012), 1000 steps, epsilon prediction |
 | weights | fp16 safetensors |
 | trained on | {stats["machine"]}, {stats["threads"]} threads, {stats["minutes"]:.1f} minutes, torch {torch.__version__} |
 
-Reproduce (deterministic up to floating-point thread effects):
+Reproduce (deterministic up to floating-point thread effects; a killed run continues from
+its last checkpoint in `work_dir` when the same command is run again):
 
 ```bash
 {" ".join(["python -m distill.train_diffusion", *argv]).strip()}
 ```
-"""
+{probe_table(stats, cfg)}{notes}"""
 
 
 def work_dir(cfg) -> Path:

@@ -74,6 +74,7 @@ def test_recipe_trains_and_saves_a_loadable_model(fake_fashion, tmp_path):
         assert (out / sub).is_dir()
     card = (out / "README.md").read_text()
     assert "python -m distill.train_diffusion" in card and "Fashion-MNIST" in card
+    assert "## Probe during training" in card and "| 4 |" in card
     backend = DiffusionBackend.load(str(out), dtype="fp32")
     assert backend.vae_factor == 4
     assert backend.scaling_factor == pytest.approx(stats["scaling_factor"], rel=1e-3)
@@ -225,3 +226,16 @@ def test_probe_matches_a_per_image_loop():
     assert r["top1"] == pytest.approx(float((m[:, :3].argmin(1) == labels).float().mean()))
     gain = [(m[i, 3] - m[i, labels[i]]) / m[i, 3] for i in range(3)]
     assert r["gain_vs_null"] == pytest.approx(float(sum(gain) / 3), abs=1e-6)
+
+
+def test_focused_timesteps_and_card_notes(fake_fashion, tmp_path):
+    notes = tmp_path / "tried.md"
+    notes.write_text("## Settings tried\n\n| run | top-1 |\n| --- | --- |\n| base | 1% |\n")
+    cfg = tiny_cfg(
+        fake_fashion,
+        tmp_path / "m",
+        unet={"steps": 2, "t_focus": [0.1, 0.7], "t_focus_prob": 1.0},
+        card_notes=str(notes),
+    )
+    card = (train(cfg) / "README.md").read_text()
+    assert "100% in [0.1, 0.7] of the schedule" in card and "| base | 1% |" in card
