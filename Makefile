@@ -54,6 +54,10 @@ bench-timesteps: $(STAMP) ## Stage I timestep schemes vs a 64-draw reference on 
 bench-evidence: $(STAMP) ## Paper's low-resolution protocol on real Fashion-MNIST items: ours vs random, herding, k-center, teacher (hours; results/lowres_evidence.md)
 	$(TEST_ENV) $(PY) benchmarks/lowres_evidence.py
 
+.PHONY: bench-scale
+bench-scale: $(STAMP) ## ImageNet-1K scale without the U-Net: listing, merge, cluster, load, materialise at 10/100/1000 x 300 images, projected to 1.3M (results/scale_bench.json)
+	$(TEST_ENV) $(PY) benchmarks/scale_bench.py
+
 # mutmut runs the unit tests of [tool.mutmut] (pyproject.toml) against every mutant of the
 # method's and protocol's arithmetic; slow (tens of minutes), so never part of `make test`.
 MUTMUT_CHILDREN ?= 2

@@ -3,12 +3,19 @@
     python -m distill.materialize bank_dir=RUN_DIR ipc=[20]
     python -m distill.materialize bank_dir=RUN_DIR ipc=[10,50] classes=[0,2] out_dir=outputs/subset
     python -m distill.materialize bank_dir=RUN_DIR ipc=[10] classes=[beagle,n02099601] cluster=none
+    python -m distill.materialize bank_dir=RUN_DIR ipc=[10] figures=all workers=4
 
 The bank's scores, features and clusters do not depend on IPC or on which classes are
 distilled together; this is where that pays off: a new setting costs seconds. ``classes``
 takes bank label indices, class keys (WordNet IDs, folder names) or names. Output goes to
 ``RUN_DIR/distilled/ipc{K}/`` unless ``out_dir`` is given. The pipeline's ``assemble`` stage
 calls `materialize` too.
+
+Figures are drawn for an evenly spread sample of ``figure_classes`` classes by default
+(``figures=all`` for every class, ``none`` for no figures): at ImageNet-1K scale a figure per
+class costs more than the set. The classes are written by ``workers`` forked processes
+(``auto``: one per available core); a set's files are the same bytes whatever the figures
+and workers settings.
 """
 
 from __future__ import annotations
@@ -16,9 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing as mp
+import os
 import random
 import shutil
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -30,6 +41,7 @@ from distill.data import build_source
 from distill.data.images import resized_size
 from distill.errors import ConfigError, DataError, DistillError
 from distill.figures import class_grids, cluster_sheet
+from distill.io import atomic_dir, atomic_write_json, atomic_write_text
 from distill.scoring.relevance import box_to_original, stable_seed
 from distill.selection import (
     Patch,
@@ -270,6 +282,155 @@ def tiling_max_ipc(concat_max_ipc: int, image_size: int, tile_min_size: int) -> 
     return concat_max_ipc
 
 
+FIGURE_MODES = ("sample", "all", "none")
+
+
+def figure_mode(value) -> str:
+    """``figures`` as one of `FIGURE_MODES`; ``true``/``false`` (the older boolean setting)
+    read as ``all``/``none``."""
+    if isinstance(value, bool) or value is None:
+        return "all" if value else "none"
+    mode = str(value).strip().lower()
+    mode = {"true": "all", "false": "none", "null": "none"}.get(mode, mode)
+    if mode not in FIGURE_MODES:
+        raise ConfigError(f"figures={value!r} must be one of {', '.join(FIGURE_MODES)}")
+    return mode
+
+
+def figure_sample(classes: list[dict], mode: str, count: int) -> list[dict]:
+    """The classes figures are drawn for: all, none, or ``count`` evenly spread over the set
+    (every class when it has no more than ``count``). Deterministic, so a rerun redraws the
+    same figures; spread, so the sample is not the first (often related) classes."""
+    if mode == "sample" and count < 1:
+        raise ConfigError(f"figure_classes={count} must be >= 1 (or figures=none)")
+    if mode == "none":
+        return []
+    if mode == "all" or len(classes) <= count:
+        return list(classes)
+    return [classes[(i * len(classes)) // count] for i in range(count)]
+
+
+def resolve_workers(value) -> int:
+    """Processes that write a set: an integer as given (1 = in this process), or ``auto``
+    (every core this process may use)."""
+    from distill.runtime import available_cores
+
+    if value is None or str(value) == "auto":
+        return available_cores()
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or str(n) != str(value).strip():
+        raise ConfigError(f"workers={value!r} must be 'auto' or an integer >= 1")
+    return n
+
+
+def can_fork() -> bool:
+    """Forked workers inherit the bank and the listing without pickling them; where fork is
+    missing (Windows) or unsafe by default (macOS), sets are written in this process."""
+    return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+
+
+def class_chunks(classes: list[dict], workers: int) -> list[list[dict]]:
+    """Runs of consecutive classes, about four per worker: small enough that a slow class
+    does not leave the other workers idle, large enough that each run's few extra files
+    (a partial manifest, classes.csv and set.json) cost nothing."""
+    n = max(1, min(len(classes), 4 * workers))
+    bounds = [(i * len(classes)) // n for i in range(n + 1)]
+    return [classes[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+# The set being written, inherited by forked workers (fork copies it; nothing is pickled but
+# a chunk's number and its result).
+_JOB: dict | None = None
+
+
+def _write_chunk(k: int) -> dict:
+    """In a worker: chunk ``k``'s classes as a partial set of their own (the serial writer's
+    own code, so every image and manifest row is what the serial path writes)."""
+    job = _JOB
+    assert job is not None, "_write_chunk runs only in a worker forked by write_set_parallel"
+    return write_distilled_set(
+        job["parts"] / f"part-{k:05d}",
+        job["chunks"][k],
+        job["refs"],
+        job["source"],
+        **job["kwargs"],
+    )
+
+
+def _body(path: Path) -> str:
+    """A CSV file without its header line (the writer's csv module ends lines with \\n)."""
+    text = path.read_text(encoding="utf-8")
+    return text[text.index("\n") + 1 :]
+
+
+def merge_parts(tmp: Path, parts: Path, chunks: list[list[dict]], results: list[dict]) -> dict:
+    """Join the partial sets in class order into ``tmp``: class folders moved, manifest.csv
+    and classes.csv concatenated under one header, set.json the first part's with the whole
+    set's class and image counts. Equal byte for byte to one serial write."""
+    dirs = [parts / f"part-{k:05d}" for k in range(len(chunks))]
+    for d, chunk in zip(dirs, chunks, strict=True):
+        for c in chunk:
+            os.replace(d / c["key"], tmp / c["key"])
+    for name in ("manifest.csv", "classes.csv"):
+        head = (dirs[0] / name).read_text(encoding="utf-8").split("\n", 1)[0] + "\n"
+        atomic_write_text(tmp / name, head + "".join(_body(d / name) for d in dirs))
+    per_class = {k: v for r in results for k, v in r["per_class"].items()}
+    info = json.loads((dirs[0] / "set.json").read_text(encoding="utf-8"))
+    info["num_classes"] = sum(len(c) for c in chunks)
+    info["images"] = sum(per_class.values())
+    atomic_write_json(tmp / "set.json", info)
+    return {
+        "images": info["images"],
+        "per_class": per_class,
+        "patches": sum(r["patches"] for r in results),
+    }
+
+
+def write_set_parallel(
+    set_dir: Path, classes: list[dict], refs: dict, source, workers: int, **kwargs
+) -> dict:
+    """`write_distilled_set` with its classes spread over ``workers`` forked processes.
+
+    Each worker writes runs of classes as partial sets inside the new set's temporary
+    folder; `merge_parts` joins them, and the folder replaces ``set_dir`` atomically as in
+    the serial path. A worker's error (an unreadable source image) is raised here as is.
+    """
+    global _JOB
+    chunks = class_chunks(classes, workers)
+    with atomic_dir(set_dir) as tmp:
+        parts = tmp / ".parts"
+        parts.mkdir()
+        _JOB = {"parts": parts, "chunks": chunks, "refs": refs, "source": source, "kwargs": kwargs}
+        try:
+            ctx = mp.get_context("fork")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                results = list(pool.map(_write_chunk, range(len(chunks))))
+        except BrokenProcessPool as e:
+            raise DataError(
+                f"a worker process writing {set_dir} died ({e}; out of memory?): rerun with "
+                "workers=1 (assemble.workers=1 in a pipeline run) or fewer workers"
+            ) from e
+        finally:
+            _JOB = None
+        out = merge_parts(tmp, parts, chunks, results)
+        shutil.rmtree(parts)
+    return out
+
+
+def write_set(
+    set_dir: Path, classes: list[dict], refs: dict, source, workers: int, **kwargs
+) -> dict:
+    """One distilled set, in this process (``workers=1``, one class, or no fork) or spread
+    over forked workers; the same files either way."""
+    workers = min(workers, len(classes))
+    if workers <= 1 or not can_fork():
+        return write_distilled_set(set_dir, classes, refs, source, **kwargs)
+    return write_set_parallel(set_dir, classes, refs, source, workers, **kwargs)
+
+
 def materialize(
     bank_dir: str | Path | None,
     ipcs: list[int],
@@ -289,7 +450,9 @@ def materialize(
     data_cfg=None,
     patch: int | None = None,
     short_edge: int | None = None,
-    figures: bool = True,
+    figures: str | bool = "sample",
+    figure_classes: int = 10,
+    workers: int | str = "auto",
     image_format: str = "png",
     teacher_checkpoint: str | None = None,
     crops_per_image: int = 5,
@@ -302,7 +465,12 @@ def materialize(
     With ``selector=diffusion`` everything comes from the bank; ``selector=random`` and
     ``selector=teacher`` (RDED-style classifier confidence) need only the source images
     (``data_cfg``, or the bank's record of them).
+
+    ``figures`` (`FIGURE_MODES`) and ``figure_classes`` decide which classes get figures,
+    ``workers`` how many processes write each set; neither changes a set's files.
     """
+    figures = figure_mode(figures)
+    n_workers = resolve_workers(workers)
     bank = clusters = owners = None
     default_out = None
     if bank_dir is not None:
@@ -356,6 +524,7 @@ def materialize(
         # A class subset never takes the full set's folder (nor its figures' folder).
         name = subset_folder(chosen)
         out_root, fig_root = out_root / name, fig_root / name
+    drawn = figure_sample(chosen, figures, int(figure_classes))
     summary = {}
     for ipc in [int(k) for k in ipcs]:
         if ipc < 1:
@@ -428,15 +597,16 @@ def materialize(
                 out_root,
                 getattr(source, "class_order", "native"),
             )
-        info = write_distilled_set(
+        info = write_set(
             set_dir,
             chosen,
             refs,
             source,
-            ipc,
-            1 if per_image == 1 else tiles,
-            size,
-            image_format,
+            n_workers,
+            ipc=ipc,
+            tiles=1 if per_image == 1 else tiles,
+            image_size=size,
+            image_format=image_format,
             info={
                 "selector": selector,
                 "dataset": source.name,
@@ -455,20 +625,20 @@ def materialize(
             len(chosen),
             set_dir,
         )
-        if figures:
+        if drawn:
             fig_dir = fig_root / f"ipc{ipc}"
             if fig_dir.is_dir():  # a replaced set's per-class sheets would otherwise linger
                 shutil.rmtree(fig_dir)
-            title = f"run {run_name} - {method} - IPC {ipc}"
-            info["figures"] = [str(p) for p in class_grids(set_dir, chosen, fig_dir, title=title)]
+            title = f"run {run_name} - {method} - IPC {ipc}{sample_note(drawn, chosen)}"
+            info["figures"] = [str(p) for p in class_grids(set_dir, drawn, fig_dir, title=title)]
         summary[ipc] = info
-    if figures and clusters is not None:
+    if drawn and clusters is not None:
         summary["cluster_sheets"] = [
             str(p)
             for p in write_cluster_sheets(
                 bank,
                 source,
-                chosen,
+                drawn,
                 clusters,
                 owners,
                 top_clusters,
@@ -476,6 +646,13 @@ def materialize(
             )
         ]
     return summary
+
+
+def sample_note(drawn: list[dict], chosen: list[dict]) -> str:
+    """What a figure title adds when its figures show a sample of the set's classes."""
+    if len(drawn) == len(chosen):
+        return ""
+    return f" - figures of {len(drawn)} of {len(chosen)} classes, evenly spread (figures=all: all)"
 
 
 def write_cluster_sheets(
@@ -523,7 +700,9 @@ DEFAULTS = dict(
     image_size=None,
     tile_min_size=None,
     strict=False,
-    figures=True,
+    figures="sample",
+    figure_classes=10,
+    workers="auto",
     max_reuse=2,
     overwrite=False,
 )
@@ -539,7 +718,9 @@ ARG_HELP = dict(
     image_size="side of a distilled image in pixels (default: the run's setting)",
     tile_min_size="never tile images smaller than this (default: the run's setting)",
     strict="error instead of warning when a class has too few patches",
-    figures="write the per-class figures",
+    figures="per-class figures: sample (figure_classes classes, evenly spread), all or none",
+    figure_classes="classes drawn with figures=sample",
+    workers="processes writing the images: auto (one per core) or a number (1 = this one)",
     max_reuse="most uses of one patch when a class has too few (null = no limit)",
     overwrite="replace an existing set made with other settings",
 )
@@ -598,7 +779,9 @@ def main(argv: list[str] | None = None) -> int:
             image_size=pick("image_size"),
             tile_min_size=int(pick("tile_min_size")),
             strict=bool(args.strict),
-            figures=bool(args.figures),
+            figures=args.figures,
+            figure_classes=int(args.figure_classes),
+            workers=args.workers,
             max_reuse=args.max_reuse,
             overwrite=bool(args.overwrite),
         )
@@ -629,6 +812,9 @@ def run_assemble(cfg) -> None:
         image_format=str(cfg.assemble.get("image_format", "png")),
         max_reuse=cfg.assemble.get("max_reuse", 2),
         overwrite=bool(cfg.assemble.get("overwrite", False)),
+        figures=cfg.assemble.get("figures", "sample"),
+        figure_classes=int(cfg.assemble.get("figure_classes", 10)),
+        workers=cfg.assemble.get("workers", "auto"),
     )
     if selector == "diffusion":
         from distill.bank import read_meta, write_meta
