@@ -43,6 +43,7 @@ bench: $(STAMP) ## Speed benchmarks (fast path vs naive reference; writes result
 	$(PY) benchmarks/score_bench.py
 	@if [ -f benchmarks/student_bench.py ]; then $(PY) benchmarks/student_bench.py; fi
 	$(PY) benchmarks/loader_bench.py
+	$(PY) benchmarks/fewer_draws.py
 
 bench-quality: $(STAMP) ## Small-scale reproduction on Fashion-MNIST (about 3.5 h on 2 cores; writes results/fashion*.md)
 	$(PY) benchmarks/fashion_quality.py
