@@ -52,6 +52,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from distill.bank import releases_bank_locks  # noqa: E402
 from distill.io import atomic_write_json, atomic_write_text  # noqa: E402
 from distill.runtime import available_cores, cpu_flags, machine_name  # noqa: E402
 
@@ -184,6 +185,7 @@ def score_records(source, seed: int) -> list[dict]:
     return out
 
 
+@releases_bank_locks  # as the stage does: else the cluster step waits for this process
 def write_score_stage(cfg, source, records: list[dict]) -> None:
     """The score stage's bank, without its U-Net: shards under the stage's hash, merged."""
     from distill.bank import (
@@ -219,6 +221,7 @@ def write_score_stage(cfg, source, records: list[dict]) -> None:
     mark_complete(bank, "score", num_images=len(records), num_failed=0, num_skipped=0)
 
 
+@releases_bank_locks
 def write_feature_shards(cfg, dim: int, seed: int) -> None:
     """Feature shards as the features stage writes them (float16 npz, its hash), unmerged."""
     from distill.bank import load_bank, prepare_stage, shard_path, write_shard
@@ -408,19 +411,40 @@ def run_step_isolated(name: str, cfg, args: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def proc_status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status (``VmHWM``, ``VmRSS``) in bytes; None without /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def own_peak_rss() -> int:
+    """This process's peak RSS since its exec: ``VmHWM``. Not ``ru_maxrss``: Linux carries it
+    over from the parent through fork and exec, so every step would report the bench's own
+    peak (``ru_maxrss`` only where /proc is missing)."""
+    hwm = proc_status_bytes("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def step_main(name: str, cfg_json: str, args_json: str) -> int:
-    """The child side of `run_step_isolated`: run one step, print its result as JSON."""
+    """The child side of `run_step_isolated`: run one step, print its result as JSON.
+    Materialise's workers, forked from this process, report through ``RUSAGE_CHILDREN``
+    (the largest one; its shared pages count in its RSS and in this process's)."""
     import logging
 
     logging.basicConfig(level=logging.WARNING)
     args = json.loads(args_json)
     cfg = OmegaConf.create(json.loads(cfg_json))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = proc_status_bytes("VmRSS") or 0
     res = steps(args["ipcs"])[name](cfg, args)
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     res.update(
-        peak_rss_gib=own / GIB,
+        peak_rss_gib=own_peak_rss() / GIB,
         base_rss_gib=base / GIB,  # after imports, before the step
         workers_peak_rss_gib=kids / GIB if kids else None,
     )
@@ -466,6 +490,10 @@ def projection(sizes: list[dict], ipcs: list[int]) -> dict:
         rest = [s["steps"][name]["seconds"] - s["steps"]["load"]["prelude_s"] for s in sizes]
         seconds[name] = prelude + project(classes, rest, TARGET["classes"])
     bank = project(n, [s["bank_bytes"]["total"] for s in sizes], big) / 1e9
+    entries = sorted({k for s in sizes for k in s["bank_bytes"]} - {"total"})
+    by_entry = {
+        k: project(n, [s["bank_bytes"].get(k, 0) for s in sizes], big) / 1e9 for k in entries
+    }
     out = {
         "images": big,
         **TARGET,
@@ -473,6 +501,7 @@ def projection(sizes: list[dict], ipcs: list[int]) -> dict:
         "peak_rss_gib_by_step": rss,
         "peak_rss_gib": max(rss.values()),
         "bank_gb": bank,
+        "bank_gb_by_entry": by_entry,  # shards/features: the float16 shards left after the merge
         "listing_s": seconds["listing_first"],
         "listing_indexed_s": seconds["listing_indexed"],
         "materialize_ipc10_s": seconds.get("materialize_ipc10"),

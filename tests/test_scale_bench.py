@@ -41,6 +41,9 @@ def test_tiny_run_writes_the_report(tmp_path):
 def test_a_step_in_its_own_process_reports_its_peak_rss(tmp_path):
     pool = bench.write_pool(tmp_path / "pool", 2, seed=0)
     cfg = bench.build_bank(tmp_path / "run", 2, 4, pool, dim=8, seed=0)
+    from distill.bank import _HELD
+
+    assert not _HELD  # the bank's lock is let go, as a stage does: the steps can take it
     res = bench.run_step_isolated("listing_first", cfg, {"ipcs": [1], "workers": 1})
     assert res["seconds"] > 0 and res["peak_rss_gib"] >= res["base_rss_gib"] > 0
     assert (tmp_path / "run" / "bank" / "listing").is_dir()
