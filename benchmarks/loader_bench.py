@@ -21,6 +21,7 @@ Writes ``results/loader_bench.json``.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
     )
     torch.set_num_threads(1)  # one worker = one core
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as d:
         sizes = write_dataset(Path(d), int(a.images), int(a.seed))
         cfg = OmegaConf.create(
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_flags": cpu_flags(),
         "torch": torch.__version__,
         "threads": 1,
+        # Above about 1 on this 2-core machine, another job shared the cores: figures low.
+        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
         "images": n,
         "short_edge": int(a.short_edge),
         "size_mix": [{"width": w, "height": h, "share": s} for w, h, s in SIZE_MIX],
