@@ -54,7 +54,6 @@ sys.path.insert(0, str(ROOT))
 
 from distill.bank import releases_bank_locks  # noqa: E402
 from distill.io import atomic_write_json, atomic_write_text  # noqa: E402
-from distill.runtime import available_cores, cpu_flags, machine_name  # noqa: E402
 
 DEFAULTS = {
     "sizes": [10, 100, 1000],
@@ -71,7 +70,13 @@ DEFAULTS = {
 }
 # ImageNet-1K in full, and what the issue asks of it (on 2 cores).
 TARGET = {"classes": 1000, "images_per_class": 1300}
-TARGETS = {"peak_rss_gib": 4.0, "bank_gb": 5.0, "listing_s": 60.0, "materialize_ipc10_s": 90.0}
+TARGETS = {
+    "peak_rss_gib": 4.0,
+    "peak_anon_gib": 4.0,  # the same bound on private memory alone (mapped files left out)
+    "bank_gb": 5.0,
+    "listing_s": 60.0,
+    "materialize_ipc10_s": 90.0,
+}
 PATCH, SHORT_EDGE, VAE_FACTOR, STRIDE, SHARD_SIZE = 224, 256, 8, 8, 256
 GIB = 1 << 30
 
@@ -367,38 +372,43 @@ def steps(ipcs: list[int]) -> dict:
 
 
 class PeakRSS:
-    """Peak resident memory of this process while the block runs, sampled every 10 ms from
-    /proc/self/statm (the in-process mode: ``ru_maxrss`` never comes down between steps)."""
+    """Peak resident and peak private (anonymous) memory of this process while the block
+    runs, sampled every 10 ms from /proc/self/status. The private peak is what the system
+    cannot take back: RSS also counts the pages of memory-mapped files (the features merge
+    writes, and clustering reads, a memory-mapped features.npy), which are page cache."""
 
     def __enter__(self):
-        self.peak, self._stop = 0, threading.Event()
+        self.peak = self.peak_anon = 0
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
-    def _now(self) -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            return 0
+    def _take(self) -> None:
+        self.peak = max(self.peak, proc_status_bytes("VmRSS") or 0)
+        self.peak_anon = max(self.peak_anon, proc_status_bytes("RssAnon") or 0)
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._now())
+            self._take()
             self._stop.wait(0.01)
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._now())
+        self._take()
 
 
 def run_step_here(name: str, cfg, args: dict) -> dict:
-    """A step in this process, its peak RSS sampled (what the tests use)."""
+    """A step in this process, its memory sampled (what the tests use)."""
     with PeakRSS() as rss:
         res = steps(args["ipcs"])[name](cfg, args)
-    return {**res, "peak_rss_gib": rss.peak / GIB, "workers_peak_rss_gib": None}
+    return {
+        **res,
+        "peak_rss_gib": rss.peak / GIB,
+        "peak_anon_gib": rss.peak_anon / GIB,
+        "workers_peak_rss_gib": None,
+    }
 
 
 def run_step_isolated(name: str, cfg, args: dict) -> dict:
@@ -441,10 +451,12 @@ def step_main(name: str, cfg_json: str, args_json: str) -> int:
     args = json.loads(args_json)
     cfg = OmegaConf.create(json.loads(cfg_json))
     base = proc_status_bytes("VmRSS") or 0
-    res = steps(args["ipcs"])[name](cfg, args)
+    with PeakRSS() as sampled:
+        res = steps(args["ipcs"])[name](cfg, args)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     res.update(
         peak_rss_gib=own_peak_rss() / GIB,
+        peak_anon_gib=sampled.peak_anon / GIB,
         base_rss_gib=base / GIB,  # after imports, before the step
         workers_peak_rss_gib=kids / GIB if kids else None,
     )
@@ -481,6 +493,7 @@ def projection(sizes: list[dict], ipcs: list[int]) -> dict:
     names = list(sizes[0]["steps"])
     seconds = {k: project(n, [s["steps"][k]["seconds"] for s in sizes], big) for k in names}
     rss = {k: project(n, [step_rss(s["steps"][k]) for s in sizes], big) for k in names}
+    anon = {k: project(n, [s["steps"][k]["peak_anon_gib"] for s in sizes], big) for k in names}
     # Materialise = reading the bank and listing (grows with the images) + writing the sets
     # (grows with the classes: ImageNet-1K in full has as many as 1000 x 300).
     prelude = project(n, [s["steps"]["load"]["prelude_s"] for s in sizes], big)
@@ -500,6 +513,8 @@ def projection(sizes: list[dict], ipcs: list[int]) -> dict:
         "seconds": seconds,
         "peak_rss_gib_by_step": rss,
         "peak_rss_gib": max(rss.values()),
+        "peak_anon_gib_by_step": anon,
+        "peak_anon_gib": max(anon.values()),  # without the pages of memory-mapped files
         "bank_gb": bank,
         "bank_gb_by_entry": by_entry,  # shards/features: the float16 shards left after the merge
         "listing_s": seconds["listing_first"],
@@ -537,11 +552,12 @@ def markdown(report: dict) -> str:
         "| measure | projected | target | met |",
         "| --- | --- | --- | --- |",
     ]
-    units = {"peak_rss_gib": "GiB", "bank_gb": "GB", "listing_s": "s", "materialize_ipc10_s": "s"}
+    units = {"bank_gb": "GB", "listing_s": "s", "materialize_ipc10_s": "s"}
     for k, target in p["targets"].items():
         v = p.get(k)
-        shown = "n/a" if v is None else f"{v:.1f} {units[k]}"
-        lines.append(f"| {k} | {shown} | <= {target:g} {units[k]} | {p['met'].get(k)} |")
+        unit = units.get(k, "GiB")
+        shown = "n/a" if v is None else f"{v:.1f} {unit}"
+        lines.append(f"| {k} | {shown} | <= {target:g} {unit} | {p['met'].get(k)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -594,12 +610,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args["keep"] and not args["work"]:
             shutil.rmtree(root, ignore_errors=True)
-    from distill.materialize import resolve_workers
+    # Here, not at the top: a step's process then imports only what its step needs
+    # (distill.runtime loads Lightning, some 300 MB of every step's RSS).
+    from distill.materialize import resolve_workers, usable_cores
+    from distill.runtime import cpu_flags, machine_name
 
     report = {
         "device": machine_name(),
         "cpu_flags": cpu_flags(),
-        "cores": available_cores(),
+        "cores": usable_cores(),
         "workers": resolve_workers(args["workers"]),
         "loadavg_start": list(load_start),
         "loadavg_end": list(os.getloadavg()),

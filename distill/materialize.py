@@ -310,13 +310,20 @@ def figure_sample(classes: list[dict], mode: str, count: int) -> list[dict]:
     return [classes[(i * len(classes)) // count] for i in range(count)]
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask). `distill.runtime` has the same
+    function, but importing it loads Lightning: 3 s more for every materialise command."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def resolve_workers(value) -> int:
     """Processes that write a set: an integer as given (1 = in this process), or ``auto``
     (every core this process may use)."""
-    from distill.runtime import available_cores
-
     if value is None or str(value) == "auto":
-        return available_cores()
+        return usable_cores()
     try:
         n = int(value)
     except (TypeError, ValueError):

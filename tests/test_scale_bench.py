@@ -30,6 +30,7 @@ def test_tiny_run_writes_the_report(tmp_path):
             "materialize_ipc2",
         }
         assert all(v["seconds"] >= 0 and v["peak_rss_gib"] > 0 for v in s["steps"].values())
+        assert all(0 < v["peak_anon_gib"] <= v["peak_rss_gib"] for v in s["steps"].values())
         assert s["bank_bytes"]["features.npy"] > 0 and s["bank_bytes"]["shards/features"] > 0
     p = report["projection_1p3m"]
     for key in ("peak_rss_gib", "bank_gb", "listing_s", "materialize_ipc10_s"):
@@ -49,12 +50,14 @@ def test_a_step_in_its_own_process_reports_its_peak_rss(tmp_path):
     assert os.path.realpath(tmp_path / "run" / "bank") not in _HELD
     res = bench.run_step_isolated("listing_first", cfg, {"ipcs": [1], "workers": 1})
     assert res["seconds"] > 0 and res["peak_rss_gib"] >= res["base_rss_gib"] > 0
+    assert 0 < res["peak_anon_gib"] <= res["peak_rss_gib"]
     assert (tmp_path / "run" / "bank" / "listing").is_dir()
 
 
 def size(classes, per_class, listing, prelude, mat10):
     """A measured size, as `measure_size` reports it (only what `projection` reads)."""
-    step = {"seconds": listing, "peak_rss_gib": 0.5, "workers_peak_rss_gib": None}
+    step = {"seconds": listing, "peak_rss_gib": 0.5, "peak_anon_gib": 0.4}
+    step["workers_peak_rss_gib"] = None
     return {
         "classes": classes,
         "images": classes * per_class,
@@ -77,8 +80,10 @@ def test_projection_splits_materialise_into_images_and_classes():
     assert p["materialize_ipc10_s"] == pytest.approx(prelude + 2.0 * 1000 / 10)
     assert p["bank_gb"] == pytest.approx(1_300_000 * 4000 / 1e9)
     assert p["peak_rss_gib"] == 1.0  # flat memory: the largest measured, workers included
+    assert p["peak_anon_gib"] == pytest.approx(0.4)
     assert p["met"] == {
         "peak_rss_gib": True,
+        "peak_anon_gib": True,
         "bank_gb": False,
         "listing_s": False,
         "materialize_ipc10_s": False,
