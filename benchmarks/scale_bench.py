@@ -444,7 +444,9 @@ def own_peak_rss() -> int:
 def step_main(name: str, cfg_json: str, args_json: str) -> int:
     """The child side of `run_step_isolated`: run one step, print its result as JSON.
     Materialise's workers, forked from this process, report through ``RUSAGE_CHILDREN``
-    (the largest one; its shared pages count in its RSS and in this process's)."""
+    (the largest one; the pages it shares with this process count in both). Other steps
+    report none: their only children are helpers that libraries run at import (fork and
+    exec), whose ``ru_maxrss`` is this process's at the fork."""
     import logging
 
     logging.basicConfig(level=logging.WARNING)
@@ -458,7 +460,7 @@ def step_main(name: str, cfg_json: str, args_json: str) -> int:
         peak_rss_gib=own_peak_rss() / GIB,
         peak_anon_gib=sampled.peak_anon / GIB,
         base_rss_gib=base / GIB,  # after imports, before the step
-        workers_peak_rss_gib=kids / GIB if kids else None,
+        workers_peak_rss_gib=kids / GIB if kids and "workers" in res else None,
     )
     print(json.dumps(res))
     return 0
