@@ -209,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         teacher.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(work / "teacher" / "teacher.pt", teacher)
-    ipcs = ",".join(str(int(k)) for k in a.ipc)
     per: dict = {}
     for draw in range(int(a.sets)):
         bank = work / f"set{draw}" / "ours" / "bank"
@@ -229,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             sweep = work / f"set{draw}" / f"eval_{m}"
             got = collect(sweep)
-            if sorted(got) != sorted(int(k) for k in a.ipc):
+            # Only the IPCs this sweep lacks, each into its own sub-folder: a later run with more
+            # IPCs reuses the finished ones instead of numbering new jobs over them.
+            missing = [int(k) for k in a.ipc if int(k) not in got]
+            if missing:
                 run(
                     [
                         *py,
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                         "-m",
                         "experiment=fashion_mnist",
                         f"distilled={run_dir}",
-                        f"ipc={ipcs}",
+                        "ipc=" + ",".join(str(k) for k in missing),
                         f"seeds={int(a.seeds)}",
                         f"epochs={int(a.epochs)}",
                         f"val.every_n_epochs={int(a.val_every)}",
@@ -246,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"num_threads={int(a.threads)}",
                         "logger=none",
                         f"hydra.sweep.dir={sweep}",
+                        "hydra.sweep.subdir=ipc${ipc}",
                     ]
                 )
                 got = collect(sweep)

@@ -297,15 +297,21 @@ def step_listing(cfg, args, indexed: bool) -> dict:
 
 
 def step_merge(cfg, args) -> dict:
-    """The features stage's merge of its shards into features.npy."""
-    from distill.bank import load_bank
+    """The features stage's merge of its shards into features.npy, then (as the stage does
+    unless ``features.keep_shards``) the merged shards removed."""
+    from distill.bank import drop_merged_shards, load_bank
     from distill.dift import _merge_features
     from distill.scoring.plan import make_shards
 
     bank_dir = Path(cfg.paths.bank_dir)
     bank = load_bank(bank_dir)
     shards = make_shards([(1, 1)] * len(bank.records), int(cfg.features.shard_size))
-    return {"seconds": timed(_merge_features, bank_dir, bank, shards)}
+
+    def merge() -> None:
+        _merge_features(bank_dir, bank, shards)
+        drop_merged_shards(bank_dir, "features")
+
+    return {"seconds": timed(merge)}
 
 
 def step_cluster(cfg, args) -> dict:

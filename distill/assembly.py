@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from distill.data.images import UnreadableImage
+from distill.data.images import UnreadableImage, load_reduced
 from distill.errors import DataError
 from distill.io import atomic_dir, atomic_write_json, write_csv_rows
 
@@ -78,14 +78,42 @@ def tile(patches: list[Image.Image], tiles: int) -> Image.Image:
     return canvas
 
 
-def load_crops(source, refs: list[PatchRef], size: int, workers: int = 8) -> list[Image.Image]:
-    """Crops of every reference, decoding each source image once."""
+def load_crops(
+    source, refs: list[PatchRef], size: int, workers: int = 8, decoder: str = "pil"
+) -> list[Image.Image]:
+    """Crops of every reference, decoding each source image once.
+
+    With the ``fast`` decoder (the bank's ``data.decoder``) a JPEG whose patches are all at
+    least 2x the tile is decoded at a reduced scale (`load_reduced`) and each patch resampled
+    from its box scaled to it: at 1000 classes, decoding was most of the time.
+    """
     by_item: dict[int, list[int]] = {}
     for i, r in enumerate(refs):
         by_item.setdefault(r.item, []).append(i)
     out: list[Image.Image | None] = [None] * len(refs)
 
+    def reduced(item: int) -> bool:
+        if decoder != "fast":
+            return False
+        path = getattr(source.items[item], "path", None)
+        if path is None:
+            return False
+        boxes = [refs[i].box for i in by_item[item]]
+        got = load_reduced(path, min(min(b[2] - b[0], b[3] - b[1]) for b in boxes) / size)
+        if got is None:
+            return False
+        im, (w, h) = got
+        sx, sy = im.size[0] / w, im.size[1] / h
+        for i in by_item[item]:
+            x0, y0, x1, y1 = refs[i].box
+            out[i] = im.resize(
+                (size, size), Image.Resampling.BICUBIC, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+            )
+        return True
+
     def work(item: int):
+        if reduced(item):
+            return
         try:
             im = source.load(item)
         except UnreadableImage as e:
@@ -111,6 +139,7 @@ def write_distilled_set(
     image_size: int,
     image_format: str = "png",
     info: dict | None = None,
+    decoder: str = "pil",
 ) -> dict:
     """Write one IPC as an ImageFolder with ``manifest.csv``, ``classes.csv`` and
     ``set.json``, atomically.
@@ -124,6 +153,7 @@ def write_distilled_set(
             this set), ``key`` (folder name), ``name`` and ``source_index`` (label in the bank).
         refs_by_class: per label, the picked patches in rank order.
         tiles: patches per side of an image: 2 for 2x2 tilings, 1 for single patches.
+        decoder: how source JPEGs are decoded (`load_crops`): the bank's ``data.decoder``.
     """
     per_image = tiles * tiles
     tile_size = image_size // tiles
@@ -132,7 +162,7 @@ def write_distilled_set(
     with atomic_dir(out_dir) as tmp:
         for c in classes:
             refs = refs_by_class.get(c["index"], [])
-            crops = load_crops(source, refs, tile_size)
+            crops = load_crops(source, refs, tile_size, decoder=decoder)
             cdir = tmp / c["key"]
             cdir.mkdir()  # in the fresh temporary folder
             n_img = len(refs) // per_image
@@ -140,7 +170,9 @@ def write_distilled_set(
                 group = list(range(j * per_image, (j + 1) * per_image))
                 img = tile([crops[g] for g in group], tiles)
                 name = f"{j:04d}.{image_format}"
-                img.save(cdir / name)
+                # zlib level 1: 2.5x faster than PIL's default 6 for about 15 % more bytes
+                # (lossless either way); at 1000 classes x IPC 10 the encode was half the time.
+                img.save(cdir / name, **({"compress_level": 1} if image_format == "png" else {}))
                 for slot, g in enumerate(group):
                     r = refs[g]
                     rows.append(

@@ -40,6 +40,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -416,6 +417,25 @@ def _drop(bank: Path, meta: dict, stages) -> None:
     write_meta(bank, meta)
 
 
+def drop_merged_shards(bank_dir: str | Path, stage: str) -> int:
+    """Remove a complete stage's shards once its merged file is on disk; returns the bytes freed.
+
+    They are only needed to rebuild a damaged merged file without recomputing it: at
+    ImageNet-1K the feature shards are as large as ``features.npy`` itself (3.4 GB), so the
+    features stage drops them unless ``features.keep_shards`` is set. A damaged file is then
+    recomputed, to the same bytes, instead of re-merged.
+    """
+    bank = Path(bank_dir)
+    entry = read_meta(bank).get("stages", {}).get(stage, {})
+    if not entry.get("complete"):
+        raise RuntimeError(f"{bank}: '{stage}' is not complete; its shards are still needed")
+    freed = 0
+    for p in (bank / "shards").glob(f"{stage}-*"):
+        freed += p.stat().st_size
+        p.unlink()
+    return freed
+
+
 def stage_setting(stage: str) -> str:
     return {"score": "scoring"}.get(stage, stage)
 
@@ -607,6 +627,19 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return _read_jsonl(path)[1]
 
 
+def read_records(path: str | Path) -> Sequence[dict]:
+    """A merged ``scores.jsonl`` as a compact `RecordTable` (about 10x less memory than a
+    list of dicts: ImageNet-1K's 1.3M records in 0.3 GB, not 2.2); the plain list of
+    `read_jsonl`, with its errors naming the line, for any file the table cannot hold."""
+    from distill.record_table import NotCompact, RecordTable
+
+    try:
+        with open(path, "rb") as f:
+            return RecordTable.from_lines(f)
+    except (NotCompact, ValueError):  # json's and utf-8's errors are ValueErrors
+        return read_jsonl(path)
+
+
 def shard_header(path: Path) -> dict | None:
     """A shard's header alone (one line, or one npz member), None when it has none or is
     unreadable."""
@@ -734,7 +767,7 @@ class Bank:
     path: Path
     meta: dict
     classes: list[dict]
-    records: list[dict]
+    records: Sequence[dict]  # a `distill.record_table.RecordTable` when loaded from disk
 
     @property
     def spec(self) -> dict:
@@ -749,6 +782,12 @@ class Bank:
     def positions_by_class(self) -> dict[int, list[int]]:
         """Per label, the positions of its records in ``records`` (one pass over the bank)."""
         out: dict[int, list[int]] = {c["index"]: [] for c in self.classes}
+        from distill.record_table import RecordTable, group_by_label
+
+        if isinstance(self.records, RecordTable):  # no dict built
+            for label, pos in group_by_label(self.records.labels).items():
+                out[label].extend(pos.tolist())
+            return out
         for i, r in enumerate(self.records):
             out[r["label"]].append(i)
         return out
@@ -770,7 +809,7 @@ def load_bank(bank_dir: str | Path) -> Bank:
             f"{BANK_VERSION} (its shards and files carry no checks): re-run the score stage "
             "with scoring.on_mismatch=rebuild"
         )
-    records = read_jsonl(verified(bank, "score", "scores.jsonl", meta))
+    records = read_records(verified(bank, "score", "scores.jsonl", meta))
     if len(records) != entry.get("num_images", len(records)):
         raise damage_error(
             bank,

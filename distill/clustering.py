@@ -26,6 +26,7 @@ from distill.bank import (
 )
 from distill.errors import ConfigError, DataError
 from distill.io import atomic_write_json
+from distill.record_table import group_by_label, labels_of, patch_scores
 from distill.runtime import is_launch_rank_zero
 from distill.scoring.relevance import stable_seed
 
@@ -178,12 +179,15 @@ def run_cluster(cfg: DictConfig) -> None:  # pragma: no mutate block
         "top_clusters": int(cfg.cluster.top_clusters),
         "classes": {},
     }
-    by_class: dict[int, list[int]] = {c["index"]: [] for c in bank.classes}
-    for p, (ri, _) in enumerate(owners):
-        by_class[bank.records[ri]["label"]].append(p)
+    own = np.asarray(owners, dtype=np.int64).reshape(-1, 2)
+    by_class = group_by_label(labels_of(bank.records)[own[:, 0]])
+    unknown = set(by_class) - {c["index"] for c in bank.classes}
+    if unknown:
+        raise DataError(f"{bank_dir}: features of labels {sorted(unknown)} outside its classes")
+    all_scores = patch_scores(bank.records, own[:, 0], own[:, 1])
     for c in bank.classes:
-        patches = by_class[c["index"]]
-        scores = np.array([bank.records[owners[p][0]]["scores"][owners[p][1]] for p in patches])
+        patches = by_class.get(c["index"], np.zeros(0, dtype=np.int64))
+        scores = all_scores[patches]
         res = cluster_class(
             np.asarray(feats[patches], dtype=np.float32),
             scores,
@@ -202,7 +206,7 @@ def run_cluster(cfg: DictConfig) -> None:  # pragma: no mutate block
                 m,
                 res["num_centers"],
             )
-        res["patches"] = patches
+        res["patches"] = patches.tolist()
         out["classes"][str(c["index"])] = res
     atomic_write_json(bank_dir / "clusters.json", out)
     mark_complete(bank_dir, "cluster", use_gpu=use_gpu)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from distill.bank import (
     check_items_unchanged,
     config_hash,
+    drop_merged_shards,
     load_bank,
     mark_complete,
     merge_shards,
@@ -327,6 +328,9 @@ def run_features(cfg: DictConfig) -> None:
         if stats:
             log.info("features: %.2f images/s", stats["images"] / max(stats["seconds"], 1e-9))
         _merge_features(bank_dir, bank, shards)
+        if not bool(cfg.features.get("keep_shards", False)):
+            freed = drop_merged_shards(bank_dir, "features")
+            log.info("features: merged; %.1f MB of shards removed", freed / 1e6)
 
     predict_then_merge(cfg, "features", bank_dir, todo, n_todo, inputs, merge)
 

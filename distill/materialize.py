@@ -32,16 +32,18 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from distill.assembly import PatchRef, centre_square, write_distilled_set
 from distill.bank import check_items_unchanged, load_bank, load_clusters, load_owners, read_meta
 from distill.cli import kv_usage, read_kv_args, setup_logging, wants_help
 from distill.data import build_source
-from distill.data.images import resized_size
+from distill.data.images import bank_decoder, check_decoder, resized_size
 from distill.errors import ConfigError, DataError, DistillError
 from distill.figures import class_grids, cluster_sheet
 from distill.io import atomic_dir, atomic_write_json, atomic_write_text
+from distill.record_table import patch_scores, record_scores
 from distill.scoring.relevance import box_to_original, stable_seed
 from distill.selection import (
     Patch,
@@ -174,11 +176,13 @@ def diffusion_refs(
         if use_clusters:
             cl = clusters["classes"][str(c["source_index"])]
             patches = []
-            for row, cid, dist in zip(cl["patches"], cl["cluster"], cl["distance"], strict=True):
-                ri, k = owners[row]
-                patches.append(
-                    Patch(int(row), float(bank.records[ri]["scores"][k]), int(cid), float(dist))
-                )
+            rows = np.asarray(cl["patches"], dtype=np.int64)
+            own = np.asarray(owners)[rows].reshape(-1, 2)
+            scores = patch_scores(bank.records, own[:, 0], own[:, 1])
+            for j, (row, cid, dist) in enumerate(
+                zip(cl["patches"], cl["cluster"], cl["distance"], strict=True)
+            ):
+                patches.append(Patch(int(row), float(scores[j]), int(cid), float(dist)))
             picks = select_clustered(
                 patches, cl["ranked"], top_clusters, ipc, concat_max_ipc, tiles
             )
@@ -186,7 +190,7 @@ def diffusion_refs(
         else:
             patches, where = [], {}
             for ri in positions.get(c["source_index"], []):
-                for k, s in enumerate(bank.records[ri]["scores"]):
+                for k, s in enumerate(record_scores(bank.records, ri)):
                     pid = len(where)
                     where[pid] = (ri, k)
                     patches.append(Patch(pid, float(s)))
@@ -498,6 +502,10 @@ def materialize(
         )
     if bank is not None:  # the bank's boxes are of the pixels it scored
         check_items_unchanged(bank.path, bank.spec, source)
+        decoder = bank_decoder(bank.spec)
+    else:
+        data = data_cfg if data_cfg is not None else meta.get("data_cfg") or {}
+        decoder = check_decoder(str(data.get("decoder", "pil")))
     all_classes = [c.to_dict() for c in source.classes] if bank is None else bank.classes
     chosen = choose_classes(all_classes, classes)
     if bank is not None:
@@ -614,6 +622,7 @@ def materialize(
             tiles=1 if per_image == 1 else tiles,
             image_size=size,
             image_format=image_format,
+            decoder=decoder,
             info={
                 "selector": selector,
                 "dataset": source.name,
@@ -622,6 +631,7 @@ def materialize(
                 # False: a sorted listing of the folders (any ImageFolder) is not the label order.
                 "folder_order_is_label_order": keys == sorted(keys),
                 "settings": settings,
+                **({"decoder": decoder} if decoder != "pil" else {}),
                 **(set_info or {}),
             },
         )

@@ -142,6 +142,9 @@ def check_scoring(scoring) -> None:
 def check_features(features, steps: int | None) -> None:
     p = "features"
     _one_of(features, "kind", p, ("dift", "clip"))
+    keep = features.get("keep_shards", False)
+    if not isinstance(keep, bool):
+        raise ConfigError(f"features.keep_shards={keep!r} must be true or false")
     if features.get("kind", "dift") == "clip":
         for key in ("batch_size", "unet_batch", "shard_size"):
             _int_at_least(features, key, p, 1)

@@ -42,7 +42,7 @@ from distill.bank import (
     write_npy,
     write_shard,
 )
-from distill.errors import BankMismatchError, DataError
+from distill.errors import BankMismatchError, ConfigError, DataError
 from distill.io import atomic_write_json, atomic_write_text, remove_stale_temps
 from tests.conftest import compose, random_rgb, save_image, smoke_cfg
 
@@ -600,3 +600,23 @@ def test_a_killed_runs_temporary_shard_is_never_trusted(made, tmp_path, monkeypa
     assert len(seen) == 4 and not tmp.exists()
     assert (bank / "scores.jsonl").read_bytes() == (made / "scores.jsonl").read_bytes()
     assert file_record(shard)["bytes"] == file_record(made / "shards" / shard.name)["bytes"]
+
+
+def test_feature_shards_are_removed_once_merged_unless_kept(made, tmp_path):
+    """The features stage drops its shards after the merge (at ImageNet-1K they are as large
+    as features.npy); with features.keep_shards they stay for a re-merge."""
+    from omegaconf import OmegaConf
+
+    from distill.dift import run_features
+    from distill.validate import check_features
+
+    assert not list((made / "shards").glob("features-*"))
+    assert list((made / "shards").glob("score-*")), "the score shards stay"
+    bank = copy_bank(made, tmp_path)
+    good = (bank / "features.npy").read_bytes()
+    (bank / "features.npy").write_bytes(b"junk")
+    run_features(cfg_for(tmp_path, "features.on_mismatch=rebuild", "features.keep_shards=true"))
+    assert (bank / "features.npy").read_bytes() == good, "recomputed to the same bytes"
+    assert len(list((bank / "shards").glob("features-*"))) == 3
+    with pytest.raises(ConfigError, match="features.keep_shards='yes' must be true or false"):
+        check_features(OmegaConf.create({"kind": "dift", "keep_shards": "yes"}), None)

@@ -177,3 +177,62 @@ def test_num_workers_auto():
     gpu = OmegaConf.create({"accelerator": "gpu", "devices": 2})
     assert resolve_workers("auto", gpu) == max(1, min(16, available_cores() // 2 - 1))
     assert torch.get_num_threads() >= 1
+
+
+class _Items:
+    """A source of file-backed items, as `load_crops` reads one."""
+
+    def __init__(self, paths):
+        from distill.data.images import load_rgb
+
+        self.items = [type("It", (), {"path": str(p), "source": p.name})() for p in paths]
+        self.load = lambda i: load_rgb(self.items[i].path)
+
+
+@pytest.mark.parametrize("tag", [None, 6, 8, 3])
+def test_crops_from_a_reduced_decode_match_the_exact_crops(tmp_path, tag, monkeypatch):
+    """materialise with the fast decoder: a JPEG decoded at 1/2 (or less) scale, each patch
+    resampled from its box scaled to it, close to the exact crop of the full decode; boxes
+    are in the image as shown (EXIF applied), as the bank's are."""
+    import distill.assembly as A
+    from distill.assembly import PatchRef, load_crops
+
+    p = jpeg(tmp_path / "a.jpg", photo(800, 600, seed=2), orientation=tag)
+    src = _Items([p])
+    w, h = src.load(0).size
+    boxes = [(0, 0, 300, 300), (w - 340, h - 340, w, h), (100, 50, 420, 370)]
+    refs = [PatchRef(0, "a.jpg", b) for b in boxes]
+    calls = []
+    real = A.load_reduced
+    monkeypatch.setattr(A, "load_reduced", lambda *a: calls.append(a[1]) or real(*a))
+    exact = load_crops(src, refs, 112, decoder="pil")
+    assert calls == []
+    fast = load_crops(src, refs, 112, decoder="fast")
+    assert len(calls) == 1 and calls[0] == pytest.approx(300 / 112)  # the smallest box
+    for a, b in zip(exact, fast, strict=True):
+        assert a.size == b.size == (112, 112)
+        d = np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int))
+        assert d.mean() < 2.5, d.mean()
+    # a box under 2x the tile, a PNG: the exact path, bit for bit
+    small = [PatchRef(0, "a.jpg", (0, 0, 200, 200))]
+    assert [np.asarray(x).tobytes() for x in load_crops(src, small, 112, decoder="fast")] == [
+        np.asarray(x).tobytes() for x in load_crops(src, small, 112, decoder="pil")
+    ]
+    q = tmp_path / "b.png"
+    Image.fromarray(photo(800, 600)).save(q)
+    png = _Items([q])
+    ref = [PatchRef(0, "b.png", boxes[0])]
+    assert np.array_equal(
+        np.asarray(load_crops(png, ref, 112, decoder="fast")[0]),
+        np.asarray(load_crops(png, ref, 112, decoder="pil")[0]),
+    )
+
+
+def test_a_truncated_jpeg_is_refused_by_the_reduced_decode_too(tmp_path):
+    from distill.assembly import PatchRef, load_crops
+    from distill.errors import DataError
+
+    p = jpeg(tmp_path / "a.jpg", photo(800, 600))
+    p.write_bytes(p.read_bytes()[:-3000])
+    with pytest.raises(DataError, match="cannot read .*a.jpg for a distilled patch"):
+        load_crops(_Items([p]), [PatchRef(0, "a.jpg", (0, 0, 400, 400))], 112, decoder="fast")

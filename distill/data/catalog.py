@@ -67,8 +67,10 @@ _KEEP = 4
 def _folders_state(src: Source) -> dict[str, int]:
     """mtime_ns of every folder holding a listed or skipped file: a file added, removed or
     renamed in any of them changes its folder's time, and the cached listing is rebuilt."""
-    dirs = {os.path.dirname(it.path) for it in src.items if it.path}
-    dirs |= {os.path.dirname(s.path) for s in src.skipped if s.path}
+    # The set of distinct heads first: one dirname per folder, not per file (1.3M calls).
+    heads = {it.path.rpartition(os.sep)[0] for it in src.items if it.path}
+    heads |= {s.path.rpartition(os.sep)[0] for s in src.skipped if s.path}
+    dirs = {os.path.dirname(h + os.sep + "x") for h in heads}
     if src.root:
         dirs.add(str(src.root))
     state = {}
@@ -113,8 +115,9 @@ def _file_stats(src: Source) -> np.ndarray:
     return out
 
 
-def _load_index(path, key: str, root: str | None) -> Source | None:
-    """The listing stored at ``path`` if it is of this config and nothing it lists changed.
+def _load_index(path, key: str, root: str | None) -> tuple[Source, dict] | None:
+    """The listing stored at ``path`` (and its folders' state) if it is of this config and
+    nothing it lists changed.
 
     Checked: the config key, the dataset root's real path, the modification time of every
     folder holding a listed or skipped file (a file added, removed or renamed changes it)
@@ -134,13 +137,14 @@ def _load_index(path, key: str, root: str | None) -> Source | None:
     real = os.path.realpath(root) if root else None
     if saved.get("root") != real:
         return None
-    if _folders_state(src) != saved["folders"]:
+    state = _folders_state(src)
+    if state != saved["folders"]:
         log.info("listing index %s: a folder changed; listing again", path.name)
         return None
     if not np.array_equal(_file_stats(src), saved["files"]):
         log.info("listing index %s: an image changed; listing again", path.name)
         return None
-    return src
+    return src, state
 
 
 def _save_index(path, key: str, root: str | None, src: Source) -> None:
@@ -180,18 +184,19 @@ def build_source(cfg, split: str | None = None, index_dir=None) -> Source:
         _BUILT.move_to_end(key)
         log.debug("reusing the listing of %s/%s", hit[0].name, split)
         return hit[0]
-    src = None
+    src = state = None
     index = None
     if index_dir is not None and cfg.get("kind") in _FILE_KINDS:
         index = _index_path(index_dir, key)
-        src = _load_index(index, key, cfg.get("root"))
-        if src is not None:
+        got = _load_index(index, key, cfg.get("root"))
+        if got is not None:
+            src, state = got
             log.info("%s (listing from %s)", src.describe(), index)
     if src is None:
         src = _build(cfg, split)
         if index is not None:
             _save_index(index, key, cfg.get("root"), src)
-    _BUILT[key] = (src, _folders_state(src))
+    _BUILT[key] = (src, state if state is not None else _folders_state(src))
     while len(_BUILT) > _KEEP:
         _BUILT.popitem(last=False)
     return src

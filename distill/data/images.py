@@ -256,6 +256,31 @@ def load_resized(path: str | Path, size_of, decoder: str = "pil") -> tuple[np.nd
 _JPEG_EOI = b"\xff\xd9"
 
 
+def load_reduced(path: str | Path, shrink: float) -> tuple[Image.Image, tuple[int, int]] | None:
+    """The ``fast`` decoder's reading of a file that is only needed ``shrink`` times smaller:
+    a JPEG decoded by libjpeg at 1/2, 1/4 or 1/8 scale, never below 1/``shrink`` per side
+    (PIL ``draft``), EXIF orientation applied. Returns the image and the size it has as
+    shown at full scale (its boxes' frame); None when the file takes the exact path instead
+    (not a JPEG, another mode, under 2x to spare, or unreadable: `load_rgb` then decodes it
+    or raises its `UnreadableImage`). A truncated JPEG is refused here as there."""
+    if shrink < 2:
+        return None
+    try:
+        with Image.open(path) as im:
+            if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+                return None
+            turn = orientation(im)
+            w, h = im.size
+            im.draft("RGB", (math.ceil(w / shrink), math.ceil(h / shrink)))
+            im.load()
+            rgb = to_rgb(im)
+            t = _ORIENT.get(turn)
+            rgb = rgb.transpose(t) if t is not None else rgb.copy()
+            return rgb, ((h, w) if turn in _SWAPS_AXES else (w, h))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
 def _load_resized_fast(path: Path, size_of) -> tuple[np.ndarray, tuple] | None:
     """The fast path for a whole, readable JPEG; None sends the file down the PIL path."""
     try:
