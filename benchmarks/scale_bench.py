@@ -62,6 +62,9 @@ DEFAULTS = {
     "pool": 200,
     "dim": 1280,
     "workers": "auto",
+    # data.decoder of the banks: pil (exact, the presets' default) or fast (reduced-scale JPEG
+    # decoding in materialise, as in Stage I; the README's recommendation at ImageNet scale).
+    "decoder": "pil",
     "seed": 0,
     "isolate": True,  # each step in its own process (false: in this one; for the tests)
     "work": None,  # where the banks are built (default: a temporary folder)
@@ -139,7 +142,7 @@ def link_tree(root: Path, keys: list[str], per_class: int, pool: list[Path], see
             os.link(pool[j], d / f"{key}_{i}.JPEG")
 
 
-def run_cfg(data_root: Path, keys: list[str], bank: Path, seed: int):
+def run_cfg(data_root: Path, keys: list[str], bank: Path, seed: int, decoder: str = "pil"):
     """The run's config from the project's own files: ImageNet-1K data, the default scoring,
     DIFT features and k-means settings, with the synthetic tree as the root."""
     conf = ROOT / "conf"
@@ -152,6 +155,7 @@ def run_cfg(data_root: Path, keys: list[str], bank: Path, seed: int):
     ):
         cfg[group] = OmegaConf.load(conf / group / f"{name}.yaml")
     cfg.data.root, cfg.data.classes = str(data_root), list(keys)
+    cfg.data.decoder = decoder  # hashed into the bank; materialise decodes as the bank did
     cfg.selector = {"kind": "diffusion"}
     cfg.paths = {"bank_dir": str(bank)}
     OmegaConf.resolve(cfg)
@@ -244,14 +248,22 @@ def write_feature_shards(cfg, dim: int, seed: int) -> None:
         write_shard(shard_path(bank_dir, "features", s.id), recs, entry["hash"])
 
 
-def build_bank(work: Path, classes: int, per_class: int, pool: list[Path], dim: int, seed: int):
+def build_bank(
+    work: Path,
+    classes: int,
+    per_class: int,
+    pool: list[Path],
+    dim: int,
+    seed: int,
+    decoder: str = "pil",
+):
     """A source tree and a bank ready for the features merge; returns the run's config."""
     from distill.data import build_source
     from distill.data.catalog import clear_source_cache
 
     keys = class_keys(classes)
     link_tree(work / "data", keys, per_class, pool, seed)
-    cfg = run_cfg(work / "data", keys, work / "bank", seed)
+    cfg = run_cfg(work / "data", keys, work / "bank", seed, decoder)
     source = build_source(cfg.data)
     write_score_stage(cfg, source, score_records(source, seed))
     write_feature_shards(cfg, dim, seed)
@@ -555,7 +567,9 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         f"Projected to ImageNet-1K in full ({p['classes']} x {p['images_per_class']}, "
-        f"{report['cores']} cores, linear fit over the sizes above):",
+        f"{report['cores']} cores, linear fit over the sizes above; data.decoder="
+        f"{report.get('decoder', 'pil')}, load average {report['loadavg_start'][0]:.1f} at the "
+        "start):",
         "",
         "| measure | projected | target | met |",
         "| --- | --- | --- | --- |",
@@ -572,7 +586,9 @@ def markdown(report: dict) -> str:
 def measure_size(work: Path, classes: int, pool: list[Path], args: dict) -> dict:
     """Build one bank and run every step on it."""
     t0 = time.perf_counter()
-    cfg = build_bank(work, classes, args["images_per_class"], pool, args["dim"], args["seed"])
+    cfg = build_bank(
+        work, classes, args["images_per_class"], pool, args["dim"], args["seed"], args["decoder"]
+    )
     setup = time.perf_counter() - t0
     run = run_step_isolated if args["isolate"] else run_step_here
     results = {}
@@ -628,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_flags": cpu_flags(),
         "cores": usable_cores(),
         "workers": resolve_workers(args["workers"]),
+        "decoder": args["decoder"],
         "loadavg_start": list(load_start),
         "loadavg_end": list(os.getloadavg()),
         "ipcs": args["ipcs"],

@@ -36,6 +36,7 @@ from distill.clustering import uses_clusters
 from distill.data import build_source
 from distill.data.dataset import load_item_resized
 from distill.data.images import UnreadableImage, bank_decoder
+from distill.data.item_table import compact_items
 from distill.errors import ConfigError, DataError
 from distill.io import atomic_path, fsync_file
 from distill.runtime import (
@@ -65,7 +66,12 @@ class PatchCrops(Dataset):
     def __init__(self, source, records: list[dict], size: int, decoder: str = "pil"):
         self.source, self.records, self.size = source, records, size
         self.decoder = decoder
-        self.index_of = {it.source: i for i, it in enumerate(source.items)}
+        # Arrays, not a million-entry dict and list, for the DataLoader workers to index.
+        self.items = compact_items(source.items)
+        index_of = {it.source: i for i, it in enumerate(source.items)}
+        self.item_of = np.fromiter(
+            (index_of.get(r["source"], -1) for r in records), dtype=np.int64, count=len(records)
+        )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -74,8 +80,11 @@ class PatchCrops(Dataset):
         r = self.records[i]
         out = {"index": i, "source": r["source"], "label": r["label"]}
         try:
+            j = int(self.item_of[i])
+            if j < 0:
+                raise KeyError(f"{r['source']!r} is not in the source's listing")
             arr, _ = load_item_resized(
-                self.source, self.index_of[r["source"]], lambda _: tuple(r["size"]), self.decoder
+                self.source, j, lambda _: tuple(r["size"]), self.decoder, self.items[j]
             )
             im = Image.fromarray(arr)
         except (UnreadableImage, KeyError) as e:

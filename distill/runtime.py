@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -346,7 +347,14 @@ def predict_then_merge(
             callbacks.append(ImageRateBar())
         trainer = build_trainer(cfg, callbacks, loggers, use_distributed_sampler=False)
         t0 = time.perf_counter()
-        trainer.predict(module, datamodule=data, return_predictions=False)
+        # Forked DataLoader workers share the parent's pages until they write to them; the
+        # cyclic GC writes to every object it visits, so without this each worker would copy
+        # the listing and the bank bit by bit (`distill.data.item_table`).
+        gc.freeze()
+        try:
+            trainer.predict(module, datamodule=data, return_predictions=False)
+        finally:
+            gc.unfreeze()
         stats = {"images": n_items, "seconds": time.perf_counter() - t0}
     barrier()
     if trainer.is_global_zero if trainer is not None else global_rank() == 0:

@@ -12,17 +12,20 @@ import torch
 from torch.utils.data import Dataset
 
 from distill.data.images import UnreadableImage, load_resized, resize_rgb, resized_size
+from distill.data.item_table import compact_items
 from distill.data.sources import Source
 
 
-def load_item_resized(source: Source, i: int, size_of, decoder: str = "pil"):
+def load_item_resized(source: Source, i: int, size_of, decoder: str = "pil", item=None):
     """Item ``i`` as (H, W, 3) uint8 pixels at ``size_of((w, h))``, and its displayed size.
 
     Files of a plain file source go through ``data.decoder`` (`distill.data.images`); items a
     source makes itself (arrays, scenes) are decoded by the source and resized as ``pil``.
+    ``item`` is ``source.items[i]`` when the caller has it (from an `ItemTable`: a worker
+    then never touches the source's list).
     """
-    item = source.items[i]
-    if decoder != "pil" and item.path is not None and type(source).load is Source.load:
+    item = source.items[i] if item is None else item
+    if item.path is not None and type(source).load is Source.load:
         return load_resized(item.path, size_of, decoder)
     im = source.load(i)
     return np.asarray(resize_rgb(im, tuple(size_of(im.size))), dtype=np.uint8), im.size
@@ -33,24 +36,26 @@ class ResizedImages(Dataset):
 
     def __init__(self, source: Source, short_edge: int, multiple: int = 8, decoder: str = "pil"):
         self.source = source
+        # The items as arrays (`ItemTable`): DataLoader workers index these, not the list.
+        self.items = compact_items(source.items)
         self.short_edge = int(short_edge)
         self.multiple = int(multiple)
         self.decoder = decoder
 
     def __len__(self) -> int:
-        return len(self.source.items)
+        return len(self.items)
 
     def target_size(self, i: int) -> tuple[int, int]:
         """(width, height) item ``i`` will have, known without decoding it."""
-        w, h = self.source.items[i].size
+        w, h = self.items.size(i)
         return resized_size(w, h, self.short_edge, self.multiple)
 
     def __getitem__(self, i: int) -> dict:
-        item = self.source.items[i]
+        item = self.items[i]
         out = {"index": i, "source": item.source, "label": item.label, "orig_size": item.size}
         size = self.target_size(i)
         try:
-            arr, shown = load_item_resized(self.source, i, lambda _: size, self.decoder)
+            arr, shown = load_item_resized(self.source, i, lambda _: size, self.decoder, item)
         except UnreadableImage as e:
             out["error"] = str(e)
             return out
