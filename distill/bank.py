@@ -627,17 +627,33 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return _read_jsonl(path)[1]
 
 
-def read_records(path: str | Path) -> Sequence[dict]:
+def read_records(path: str | Path, sha256: str | None = None) -> Sequence[dict]:
     """A merged ``scores.jsonl`` as a compact `RecordTable` (about 10x less memory than a
     list of dicts: ImageNet-1K's 1.3M records in 0.3 GB, not 2.2); the plain list of
-    `read_jsonl`, with its errors naming the line, for any file the table cannot hold."""
-    from distill.record_table import NotCompact, RecordTable
+    `read_jsonl`, with its errors naming the line, for any file the table cannot hold.
 
+    ``sha256``: the file's, as meta.json recorded it and the caller has just checked. The
+    table is then cached beside the file (`distill.record_table.CACHE_NAME`, keyed by it) and
+    read from there next time, after checking its own digest.
+    """
+    from distill.record_table import CACHE_NAME, NotCompact, RecordTable, load_cache, save_cache
+
+    cache = Path(path).with_name(CACHE_NAME)
+    if sha256 is not None:
+        table = load_cache(cache, sha256)
+        if table is not None:
+            return table
     try:
         with open(path, "rb") as f:
-            return RecordTable.from_lines(f)
+            table = RecordTable.from_lines(f)
     except (NotCompact, ValueError):  # json's and utf-8's errors are ValueErrors
         return read_jsonl(path)
+    if sha256 is not None:
+        try:
+            save_cache(cache, table, sha256)
+        except OSError as e:  # a read-only bank still loads; it parses again next time
+            log.debug("cannot cache the records table %s: %s", cache, e)
+    return table
 
 
 def shard_header(path: Path) -> dict | None:
@@ -809,7 +825,8 @@ def load_bank(bank_dir: str | Path) -> Bank:
             f"{BANK_VERSION} (its shards and files carry no checks): re-run the score stage "
             "with scoring.on_mismatch=rebuild"
         )
-    records = read_records(verified(bank, "score", "scores.jsonl", meta))
+    path = verified(bank, "score", "scores.jsonl", meta)
+    records = read_records(path, (entry.get("files") or {}).get("scores.jsonl", {}).get("sha256"))
     if len(records) != entry.get("num_images", len(records)):
         raise damage_error(
             bank,

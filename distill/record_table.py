@@ -270,3 +270,64 @@ def group_by_label(labels: np.ndarray) -> dict[int, np.ndarray]:
     order = np.argsort(labels, kind="stable")
     cuts = np.flatnonzero(np.diff(labels[order])) + 1
     return {int(labels[g[0]]): g for g in np.split(order, cuts)} if len(order) else {}
+
+
+# ----------------------------------------------------------------------------- on disk
+# ``scores.table.npz`` beside ``scores.jsonl``: the table's arrays, so a later load of a large
+# bank skips parsing a JSON line per image (ImageNet-1K: about 13 s of every stage's start).
+# It is a cache, never the record: it is used only when it names the sha256 that meta.json
+# recorded for scores.jsonl (which load_bank has just checked the file against) and its own
+# arrays hash to the digest stored with them; anything else is rebuilt from the JSON lines.
+
+CACHE_NAME = "scores.table.npz"
+_CACHE_VERSION = 1
+
+
+def _digest(cols: dict[str, np.ndarray], paths: bytes, ends: np.ndarray) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(cols):
+        a = np.ascontiguousarray(cols[k])
+        h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    h.update(paths)
+    h.update(np.ascontiguousarray(ends).tobytes())
+    return h.hexdigest()
+
+
+def save_cache(path, table: RecordTable, jsonl_sha256: str) -> None:
+    """Write ``table`` as the cache of the JSON lines whose sha256 is ``jsonl_sha256``."""
+    from distill.io import atomic_path
+
+    head = {
+        "version": _CACHE_VERSION,
+        "jsonl_sha256": jsonl_sha256,
+        "digest": _digest(table._c, table._paths, table._path_ends),
+    }
+    arrays = {f"c_{k}": v for k, v in table._c.items()}
+    arrays["paths"] = np.frombuffer(table._paths, dtype=np.uint8)
+    arrays["path_ends"] = table._path_ends
+    arrays["head"] = np.frombuffer(json.dumps(head).encode(), dtype=np.uint8)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_cache(path, jsonl_sha256: str) -> RecordTable | None:
+    """The cached table if it is the cache of exactly these JSON lines, else None."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            head = json.loads(z["head"].tobytes().decode())
+            if head.get("version") != _CACHE_VERSION or head.get("jsonl_sha256") != jsonl_sha256:
+                return None
+            cols = {k[2:]: z[k] for k in z.files if k.startswith("c_")}
+            paths, ends = z["paths"].tobytes(), z["path_ends"]
+    except FileNotFoundError:
+        return None
+    except Exception:  # a cut or garbled cache is rebuilt, never trusted
+        return None
+    want = {"index", "label", "orig_size", "size", "image_score", "boxes"}
+    want |= {"boxes_resized", "scores", "starts"}
+    if set(cols) != want or _digest(cols, paths, ends) != head.get("digest"):
+        return None
+    return RecordTable(cols, paths, ends)

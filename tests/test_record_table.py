@@ -7,6 +7,7 @@ import json
 import random
 import sys
 
+import numpy as np
 import pytest
 
 from distill.bank import SHARD_HEADER, Bank, read_jsonl, read_records
@@ -136,3 +137,39 @@ def test_positions_by_class_from_the_labels_equal_the_loop():
     for records in (recs, RecordTable.from_records(recs)):
         with pytest.raises(KeyError):
             Bank(None, {}, classes, records).positions_by_class()
+
+
+def test_the_cache_beside_the_file_is_used_only_for_that_file(tmp_path, monkeypatch):
+    from distill.bank import file_record
+    from distill.record_table import CACHE_NAME
+
+    recs = make_records(300, seed=7)
+    p = tmp_path / "scores.jsonl"
+    write_lines(p, recs)
+    sha = file_record(p)["sha256"]
+    first = read_records(p, sha)
+    cache = tmp_path / CACHE_NAME
+    assert cache.is_file() and first == recs
+    parsed = []
+    real = RecordTable.from_lines
+    monkeypatch.setattr(
+        RecordTable, "from_lines", classmethod(lambda cls, f: parsed.append(1) or real(f))
+    )
+    assert read_records(p, sha) == recs and parsed == [], "read from the cache"
+    # another file's sha: the cache is not this file's; parsed again (and re-cached)
+    recs2 = make_records(300, seed=8)
+    write_lines(p, recs2)
+    assert read_records(p, file_record(p)["sha256"]) == recs2 and parsed == [1]
+    # a garbled cache (a score flipped inside the arrays) is rebuilt, never trusted
+    sha2 = file_record(p)["sha256"]
+    blob = bytearray(cache.read_bytes())
+    at = blob.find(np.float64(recs2[5]["scores"][0]).tobytes()) if recs2[5]["scores"] else -1
+    at = at if at >= 0 else len(blob) // 2
+    blob[at] ^= 0xFF
+    cache.write_bytes(bytes(blob))
+    assert read_records(p, sha2) == recs2 and parsed == [1, 1]
+    cache.write_bytes(b"junk")
+    assert read_records(p, sha2) == recs2 and parsed == [1, 1, 1]
+    # no sha given (nothing checked the file): no cache read or written
+    cache.unlink()
+    assert read_records(p) == recs2 and not cache.exists()
