@@ -182,7 +182,17 @@ def markdown(rep: dict, a, minutes: float) -> str:
                 )
             cells.append(cell)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "Commands run:", "", "```bash", *COMMANDS, "```", ""]
+    lines += [
+        "",
+        "Commands this invocation ran (a distillation or evaluation finished by an earlier "
+        "invocation with the same settings is reused, not rerun, and not listed; each set's "
+        "commands follow the pattern below):",
+        "",
+        "```bash",
+        *(COMMANDS or ["# none: every run was already finished"]),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -874,6 +874,24 @@ def load_features(bank_dir: str | Path, mmap: bool = False) -> tuple[np.ndarray,
     return (feats if mmap else feats.astype(np.float32)), owners
 
 
+def feature_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``features[rows]`` upcast to float32, from a memory-mapped ``features`` (`load_features`
+    with ``mmap``) without leaving the pages read in this process's memory.
+
+    Pages of a file mapping that a process has read count in its resident set until it
+    unmaps them: reading every class's rows of ImageNet-1K's 3.3 GB features.npy through one
+    mapping left all of it resident (RSS 4.7 GiB projected, private memory 1.2). Each call
+    maps the file afresh and unmaps it on return; the page cache keeps the pages for the next
+    reader either way.
+    """
+    if not isinstance(features, np.memmap) or features.filename is None:
+        return np.asarray(features[rows], dtype=np.float32)
+    fresh = np.load(features.filename, mmap_mode="r")
+    out = np.array(fresh[rows], dtype=np.float32)  # a copy: nothing refers to the mapping
+    del fresh  # the last reference: the file is unmapped here
+    return out
+
+
 def load_clusters(bank_dir: str | Path, meta: dict | None = None) -> dict:
     """clusters.json, checked against meta.json."""
     bank = Path(bank_dir)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distill.bank import (
     config_hash,
+    feature_rows,
     load_bank,
     load_features,
     mark_complete,
@@ -189,7 +190,7 @@ def run_cluster(cfg: DictConfig) -> None:  # pragma: no mutate block
         patches = by_class.get(c["index"], np.zeros(0, dtype=np.int64))
         scores = all_scores[patches]
         res = cluster_class(
-            np.asarray(feats[patches], dtype=np.float32),
+            feature_rows(feats, patches),
             scores,
             m,
             int(cfg.cluster.iterations),

@@ -394,21 +394,24 @@ def _merge_features(bank_dir: Path, bank, shards: list[Shard]) -> None:
         raise DataError(f"no patch in {bank_dir} yielded DIFT features; see the warnings above")
     owners = np.empty((n_ok, 2), dtype=np.int64)
     target = bank_dir / "features.npy"
-    with atomic_path(target, size_hint=n_ok * dim * 2 + 128) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n_ok, dim))
+    with atomic_path(target, size_hint=n_ok * dim * 2 + 128) as tmp, open(tmp, "wb") as f:
+        # Plain writes after the .npy header, not a writable memory map: the map's dirty
+        # pages counted in the merge's resident set (4.2 GiB projected at ImageNet-1K).
+        header = {"descr": np.dtype(np.float16).str, "fortran_order": False, "shape": (n_ok, dim)}
+        np.lib.format.write_array_header_1_0(f, header)
         row = 0
         for path, order, n in plan:
             if not n:
                 continue
             with np.load(path) as z:
-                out[row : row + n] = np.asarray(z["feature"])[order].astype(np.float16)
+                block = np.asarray(z["feature"])[order].astype(np.float16)
+                if block.shape != (n, dim):
+                    raise DataError(f"shard {path}: features of shape {block.shape}, not {n}x{dim}")
+                f.write(np.ascontiguousarray(block).tobytes())
                 owners[row : row + n, 0] = np.asarray(z["index"])[order]
                 owners[row : row + n, 1] = np.asarray(z["k"])[order]
             row += n
-        out.flush()
-        del out
-        with open(tmp, "rb+") as f:
-            fsync_file(f)
+        fsync_file(f)
     write_npy(bank_dir / "feature_owners.npy", owners)
     _finish_features(bank_dir, n_ok, dim, len(failed_recs))
 
