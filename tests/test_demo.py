@@ -10,7 +10,9 @@ import distill.demo as demo
 def test_demo_runs_ours_and_random_then_one_table(tmp_path, monkeypatch, capsys):
     cmds = []
     monkeypatch.setattr(demo, "_run", lambda cmd, quiet=False: cmds.append(cmd))
+    monkeypatch.setattr(demo, "teacher_checkpoint", lambda args: tmp_path / "cache" / "t.pt")
     assert demo.main([f"out={tmp_path}", "seeds=2", "epochs=3"]) == 0
+    assert (tmp_path / "cache" / "t.pt").read_bytes() == demo.SHIPPED_TEACHER.read_bytes()
     mods = [c[2] for c in cmds]
     assert mods == ["distill", "distill", "evaluate", "evaluate", "evaluate.table"]
     ours, rand = cmds[0], cmds[1]
@@ -38,3 +40,30 @@ def test_reference_lines_report_the_teacher(tmp_path):
     (tmp_path / "ours" / "0" / "results.json").write_text(json.dumps({"teacher_acc": 89.57}))
     text = demo.reference_lines(tmp_path, 2, 100)
     assert "89.57 %" in text and "100 epochs" in text
+
+
+def test_the_shipped_teacher_is_copied_only_where_none_is_cached(tmp_path, monkeypatch):
+    import pytest
+    import torch
+
+    target = tmp_path / "teachers" / "t.pt"
+    monkeypatch.setattr(demo, "teacher_checkpoint", lambda args: target)
+    assert "evaluation trains it first" in demo.seed_teacher("train", [])
+    assert not target.exists()
+    assert "shipped" in demo.seed_teacher("shipped", []) and target.is_file()
+    meta = torch.load(target, map_location="cpu", weights_only=False)["meta"]
+    assert meta["format"] == "dpd-teacher-v1" and meta["dataset"] == "fashion_mnist"
+    assert meta["val_acc"] == 89.57 and meta["numerics"]["threads"] == 2
+    target.write_bytes(b"a user's own teacher")
+    assert "cached" in demo.seed_teacher("shipped", []), "an existing teacher is never replaced"
+    assert target.read_bytes() == b"a user's own teacher"
+    with pytest.raises(SystemExit, match="teacher='maybe'"):
+        demo.seed_teacher("maybe", [])
+
+
+def test_teacher_checkpoint_is_where_evaluate_reads_it():
+    import os
+
+    path = demo.teacher_checkpoint([])
+    assert path.name == demo.SHIPPED_TEACHER.name
+    assert str(path).startswith(os.environ["DISTILL_CACHE"])
