@@ -3,6 +3,7 @@
     python benchmarks/scale_bench.py                       # 10, 100 and 1000 classes x 300
     python benchmarks/scale_bench.py 'sizes=[10,100]'      # minutes
     python benchmarks/scale_bench.py 'sizes=[10]' 'ipcs=[10]' images_per_class=50
+    python benchmarks/scale_bench.py 'sizes=[1000]' 'ipcs=[10]' decoder=pil   # the exact decoder
 
 For each size (classes x ``images_per_class`` images) a bank is written through the project's
 own code, everything but the diffusion model: an ImageNet-style folder tree (``train/<wnid>/
@@ -62,9 +63,9 @@ DEFAULTS = {
     "pool": 200,
     "dim": 1280,
     "workers": "auto",
-    # data.decoder of the banks: pil (exact, the presets' default) or fast (reduced-scale JPEG
-    # decoding in materialise, as in Stage I; the README's recommendation at ImageNet scale).
-    "decoder": "pil",
+    # data.decoder of the banks: fast (reduced-scale JPEG decoding in materialise, as in
+    # Stage I: the README's setting at ImageNet scale) or pil (exact, the presets' default).
+    "decoder": "fast",
     "seed": 0,
     "isolate": True,  # each step in its own process (false: in this one; for the tests)
     "work": None,  # where the banks are built (default: a temporary folder)

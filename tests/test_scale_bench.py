@@ -18,6 +18,7 @@ def test_tiny_run_writes_the_report(tmp_path):
     assert bench.main(argv) == 0
     report = json.loads((out / "scale_bench.json").read_text())
     assert report["device"] and isinstance(report["cpu_flags"], list)
+    assert report["decoder"] == "fast", "the default: the setting the README gives for this scale"
     assert [s["classes"] for s in report["sizes"]] == [2, 3]
     for s in report["sizes"]:
         assert set(s["steps"]) == {
