@@ -143,7 +143,7 @@ def link_tree(root: Path, keys: list[str], per_class: int, pool: list[Path], see
             os.link(pool[j], d / f"{key}_{i}.JPEG")
 
 
-def run_cfg(data_root: Path, keys: list[str], bank: Path, seed: int, decoder: str = "pil"):
+def run_cfg(data_root: Path, keys: list[str], bank: Path, seed: int, decoder: str):
     """The run's config from the project's own files: ImageNet-1K data, the default scoring,
     DIFT features and k-means settings, with the synthetic tree as the root."""
     conf = ROOT / "conf"
@@ -256,7 +256,7 @@ def build_bank(
     pool: list[Path],
     dim: int,
     seed: int,
-    decoder: str = "pil",
+    decoder: str = DEFAULTS["decoder"],
 ):
     """A source tree and a bank ready for the features merge; returns the run's config."""
     from distill.data import build_source
@@ -637,13 +637,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     # Here, not at the top: a step's process then imports only what its step needs
     # (distill.runtime loads Lightning, some 300 MB of every step's RSS).
-    from distill.materialize import resolve_workers, usable_cores
+    from distill.cpu import available_cores
+    from distill.materialize import resolve_workers
     from distill.runtime import cpu_flags, machine_name
 
     report = {
         "device": machine_name(),
         "cpu_flags": cpu_flags(),
-        "cores": usable_cores(),
+        "cores": available_cores(),
         "workers": resolve_workers(args["workers"]),
         "decoder": args["decoder"],
         "loadavg_start": list(load_start),

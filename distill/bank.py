@@ -55,6 +55,14 @@ from distill.io import (
     fsync_file,
     remove_stale_temps,
 )
+from distill.record_table import (
+    CACHE_NAME,
+    NotCompact,
+    RecordTable,
+    group_by_label,
+    load_cache,
+    save_cache,
+)
 
 log = logging.getLogger(__name__)
 
@@ -636,8 +644,6 @@ def read_records(path: str | Path, sha256: str | None = None) -> Sequence[dict]:
     table is then cached beside the file (`distill.record_table.CACHE_NAME`, keyed by it) and
     read from there next time, after checking its own digest.
     """
-    from distill.record_table import CACHE_NAME, NotCompact, RecordTable, load_cache, save_cache
-
     cache = Path(path).with_name(CACHE_NAME)
     if sha256 is not None:
         table = load_cache(cache, sha256)
@@ -798,8 +804,6 @@ class Bank:
     def positions_by_class(self) -> dict[int, list[int]]:
         """Per label, the positions of its records in ``records`` (one pass over the bank)."""
         out: dict[int, list[int]] = {c["index"]: [] for c in self.classes}
-        from distill.record_table import RecordTable, group_by_label
-
         if isinstance(self.records, RecordTable):  # no dict built
             for label, pos in group_by_label(self.records.labels).items():
                 out[label].extend(pos.tolist())

@@ -38,6 +38,7 @@ from omegaconf import OmegaConf
 from distill.assembly import PatchRef, centre_square, write_distilled_set
 from distill.bank import check_items_unchanged, load_bank, load_clusters, load_owners, read_meta
 from distill.cli import kv_usage, read_kv_args, setup_logging, wants_help
+from distill.cpu import available_cores
 from distill.data import build_source
 from distill.data.images import bank_decoder, check_decoder, resized_size
 from distill.errors import ConfigError, DataError, DistillError
@@ -314,20 +315,11 @@ def figure_sample(classes: list[dict], mode: str, count: int) -> list[dict]:
     return [classes[(i * len(classes)) // count] for i in range(count)]
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask). `distill.runtime` has the same
-    function, but importing it loads Lightning: 3 s more for every materialise command."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def resolve_workers(value) -> int:
     """Processes that write a set: an integer as given (1 = in this process), or ``auto``
     (every core this process may use)."""
     if value is None or str(value) == "auto":
-        return usable_cores()
+        return available_cores()
     try:
         n = int(value)
     except (TypeError, ValueError):

@@ -228,14 +228,6 @@ class RecordTable(Sequence):
         return sum(a.nbytes for a in self._c.values()) + len(self._paths) + self._path_ends.nbytes
 
 
-def compact(records: list[dict]) -> Sequence[dict]:
-    """``records`` as a `RecordTable` when every one fits it exactly, else the list itself."""
-    try:
-        return RecordTable.from_records(records)
-    except NotCompact:
-        return records
-
-
 # ----------------------------------------------------------------------------- either kind
 # The functions below take a `RecordTable` or a plain list of record dicts alike.
 

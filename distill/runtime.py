@@ -14,6 +14,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from distill.cpu import available_cores
+
 
 class _DropTips(logging.Filter):
     """Lightning's advertising tips, and its "GPU available: False, used: False" lines that
@@ -181,14 +183,6 @@ def device_type(trainer_cfg) -> str:
     if acc == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return acc
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def resolve_workers(value, trainer_cfg, key: str = "num_workers") -> int:

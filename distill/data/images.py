@@ -256,6 +256,17 @@ def load_resized(path: str | Path, size_of, decoder: str = "pil") -> tuple[np.nd
 _JPEG_EOI = b"\xff\xd9"
 
 
+def _drafted_rgb(im: Image.Image, request: tuple[int, int], turn: int) -> Image.Image:
+    """An open JPEG decoded at the smallest DCT scale still at least ``request`` (stored
+    orientation), as RGB, EXIF turn ``turn`` applied. May be ``im`` itself: copy it before
+    the file is closed."""
+    im.draft("RGB", request)
+    im.load()
+    rgb = to_rgb(im)
+    t = _ORIENT.get(turn)
+    return rgb.transpose(t) if t is not None else rgb
+
+
 def load_reduced(path: str | Path, shrink: float) -> tuple[Image.Image, tuple[int, int]] | None:
     """The ``fast`` decoder's reading of a file that is only needed ``shrink`` times smaller:
     a JPEG decoded by libjpeg at 1/2, 1/4 or 1/8 scale, never below 1/``shrink`` per side
@@ -271,12 +282,8 @@ def load_reduced(path: str | Path, shrink: float) -> tuple[Image.Image, tuple[in
                 return None
             turn = orientation(im)
             w, h = im.size
-            im.draft("RGB", (math.ceil(w / shrink), math.ceil(h / shrink)))
-            im.load()
-            rgb = to_rgb(im)
-            t = _ORIENT.get(turn)
-            rgb = rgb.transpose(t) if t is not None else rgb.copy()
-            return rgb, ((h, w) if turn in _SWAPS_AXES else (w, h))
+            rgb = _drafted_rgb(im, (math.ceil(w / shrink), math.ceil(h / shrink)), turn)
+            return (rgb.copy() if rgb is im else rgb), ((h, w) if turn in _SWAPS_AXES else (w, h))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
 
@@ -294,11 +301,7 @@ def _load_resized_fast(path: Path, size_of) -> tuple[np.ndarray, tuple] | None:
             stored_target = (th, tw) if turn in _SWAPS_AXES else (tw, th)
             if w >= 2 * stored_target[0] and h >= 2 * stored_target[1]:
                 # libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below the target size.
-                im.draft("RGB", stored_target)
-                im.load()
-                rgb = to_rgb(im)
-                t = _ORIENT.get(turn)
-                rgb = rgb.transpose(t) if t is not None else rgb
+                rgb = _drafted_rgb(im, stored_target, turn)
                 return np.asarray(resize_rgb(rgb, (tw, th)), dtype=np.uint8), shown
         data = path.read_bytes()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
