@@ -8,7 +8,7 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 PYTEST := $(TEST_ENV) $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench bench-quality bench-timesteps bench-evidence mutation clean
+.PHONY: help install demo test test-all lint format bench bench-quality bench-timesteps bench-evidence bench-scenes bench-dift-sources mutation clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -51,6 +51,12 @@ bench-quality: $(STAMP) ## Small-scale reproduction on Fashion-MNIST (about 3.5 
 
 bench-timesteps: $(STAMP) ## Stage I timestep schemes vs a 64-draw reference on the embedded model (about 6-12 min; results/timestep_schemes.md)
 	$(TEST_ENV) $(PY) benchmarks/timestep_schemes.py
+
+bench-scenes: $(STAMP) ## Scene protocol at the paper's geometry (64:56:28:56): Ours^C, Ours^S vs random and teacher crops (hours; results/scene_evidence.md)
+	$(TEST_ENV) $(PY) benchmarks/scene_evidence.py
+
+bench-dift-sources: $(STAMP) ## DIFT cropped from the image latent or map vs the exact per-patch path: cluster and pick agreement (about 4 min; results/dift_sources.md)
+	$(TEST_ENV) $(PY) benchmarks/dift_sources.py
 
 bench-evidence: $(STAMP) ## Paper's low-resolution protocol on real Fashion-MNIST items: ours vs random, herding, k-center, teacher (hours; results/lowres_evidence.md)
 	$(TEST_ENV) $(PY) benchmarks/lowres_evidence.py

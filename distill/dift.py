@@ -5,6 +5,13 @@ For each patch: crop it from the resized image, encode it, noise it at one times
 class prompt and keep the output of ``unet.up_blocks[up_ft_index]``; average an ensemble of
 noise draws and pool spatially to one vector. Runs as a Lightning predict stage with the same
 sharding, resume and determinism guarantees as scoring.
+
+``features.crop_from`` offers two cheaper approximations of that exact path (issue 16; measured
+against it by ``benchmarks/dift_sources.py``): ``image_latent`` encodes the whole resized image
+once and crops each patch's latent from it (one VAE call per image instead of one per patch),
+``image_map`` also runs the U-Net once on the whole latent and pools each patch's window of the
+up block's map (one U-Net pass per draw per image instead of per patch). The default stays
+``patch``: the paper's features.
 """
 
 from __future__ import annotations
@@ -48,10 +55,32 @@ from distill.runtime import (
 )
 from distill.scoring.plan import PlanSampler, Shard, assign, make_shards, pending
 from distill.scoring.relevance import encode_fixed, fixed_chunks, stable_seed
+from distill.validate import CROP_FROM
 
 log = logging.getLogger(__name__)
 
 FEATURE_KEYS = ("timestep", "up_ft_index", "ensemble", "prompt", "seed", "pool")
+
+
+def crop_from(features) -> str:
+    mode = str(features.get("crop_from", "patch"))
+    if mode not in CROP_FROM:
+        raise ConfigError(f"features.crop_from={mode!r} must be one of {', '.join(CROP_FROM)}")
+    return mode
+
+
+def window(box, scale_x: float, scale_y: float, w: int, h: int) -> tuple[int, int, int, int]:
+    """The cells (x0, y0, x1, y1) of a grid ``w`` x ``h`` that a pixel box covers, at least one.
+
+    ``scale_*`` = grid cells per pixel. Edges that fall inside a cell take the whole cell
+    (floor the start, ceil the end), so no covered pixel is left out of the pooled window.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx0 = min(max(int(np.floor(x0 * scale_x + 1e-6)), 0), w - 1)
+    cy0 = min(max(int(np.floor(y0 * scale_y + 1e-6)), 0), h - 1)
+    cx1 = max(min(int(np.ceil(x1 * scale_x - 1e-6)), w), cx0 + 1)
+    cy1 = max(min(int(np.ceil(y1 * scale_y - 1e-6)), h), cy0 + 1)
+    return cx0, cy0, cx1, cy1
 
 
 def feature_size(bank_spec: dict) -> int:
@@ -61,11 +90,17 @@ def feature_size(bank_spec: dict) -> int:
 
 
 class PatchCrops(Dataset):
-    """Every bank record's patches as uint8 (k, 3, P, P) crops of its resized image."""
+    """Every bank record's patches as uint8 (k, 3, P, P) crops of its resized image.
 
-    def __init__(self, source, records: list[dict], size: int, decoder: str = "pil"):
+    With ``whole=True`` (``features.crop_from`` other than ``patch``) an item is instead the
+    whole resized image (3, H, W) and its patch boxes: the module crops them after encoding.
+    """
+
+    def __init__(
+        self, source, records: list[dict], size: int, decoder: str = "pil", whole: bool = False
+    ):
         self.source, self.records, self.size = source, records, size
-        self.decoder = decoder
+        self.decoder, self.whole = decoder, whole
         # Arrays, not a million-entry dict and list, for the DataLoader workers to index.
         self.items = compact_items(source.items)
         index_of = {it.source: i for i, it in enumerate(source.items)}
@@ -90,6 +125,10 @@ class PatchCrops(Dataset):
         except (UnreadableImage, KeyError) as e:
             out["error"] = f"cannot reload for features: {e}"
             return out
+        if self.whole:
+            out["image"] = torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1)
+            out["boxes"] = [list(b) for b in r["boxes_resized"]]
+            return out
         crops = []
         for box in r["boxes_resized"]:
             crop = im.crop(tuple(box))
@@ -102,6 +141,14 @@ class PatchCrops(Dataset):
 
 def collate_crops(batch: list[dict]) -> dict:
     ok = [b for b in batch if "error" not in b]
+    if any("image" in b for b in ok):  # whole images (crop_from != patch): sizes differ
+        return {
+            "images": [b["image"] for b in ok],
+            "boxes": [b["boxes"] for b in ok],
+            "owner": [(b["index"], len(b["boxes"]), b["source"], b["label"]) for b in ok],
+            "failed": [{"index": b["index"], "error": b["error"]} for b in batch if "error" in b],
+            "source": [b["source"] for b in ok],
+        }
     return {
         "crops": torch.cat([b["crops"] for b in ok])
         if ok
@@ -124,9 +171,10 @@ class _Stop(Exception):
 class DiftModule(L.LightningModule):
     """DIFT feature of each patch: one U-Net pass per noise draw, cut at an up block."""
 
-    def __init__(self, backend, classes, features: DictConfig):
+    def __init__(self, backend, classes, features: DictConfig, size: int | None = None):
         super().__init__()
         self.backend = backend
+        self.size = size  # the patch side the exact path feeds (image_latent resizes to it)
         self.prompts = [str(features.prompt).format(name=c.name) for c in classes]
         self.timestep = int(features.timestep)
         if not 0 <= self.timestep < backend.num_train_timesteps:
@@ -146,6 +194,7 @@ class DiftModule(L.LightningModule):
             raise ConfigError(f"features.pool={self.pool!r} must be 'mean' or 'max'")
         self.unet_batch = int(features.get("unet_batch", 32))
         self.vae_batch = int(features.get("vae_batch", 8))
+        self.crop_from = crop_from(features)
         self.num_threads = features.get("num_threads")
         self.class_emb: torch.Tensor | None = None
 
@@ -178,6 +227,18 @@ class DiftModule(L.LightningModule):
         if self.class_emb is None:
             self.on_predict_start()
         z = encode_fixed(self.backend, crops, self.vae_batch)
+        return self.pool_map(self.noised_maps(z, labels, keys))
+
+    def pool_map(self, maps: torch.Tensor) -> torch.Tensor:
+        if self.pool == "mean":
+            return maps.mean(dim=(-2, -1))
+        if self.pool == "max":
+            return maps.amax(dim=(-2, -1))
+        raise ConfigError(f"features.pool={self.pool!r} must be 'mean' or 'max'")
+
+    @torch.no_grad()
+    def noised_maps(self, z: torch.Tensor, labels: list[int], keys: list[tuple]) -> torch.Tensor:
+        """(M, C, h', w') up-block maps of latents ``z``, averaged over the noise ensemble."""
         m, e = len(z), self.ensemble
         eps = torch.stack(
             [
@@ -201,16 +262,92 @@ class DiftModule(L.LightningModule):
         for idx, n in fixed_chunks(m * e, self.unet_batch, pad=True):
             idx = idx.to(z.device)
             outs.append(self.up_features(z_t[idx], emb[idx])[:n].float())
-        feats = torch.cat(outs).view(m, e, *outs[0].shape[1:]).mean(dim=1)
-        if self.pool == "mean":
-            return feats.mean(dim=(2, 3))
-        if self.pool == "max":
-            return feats.amax(dim=(2, 3))
-        raise ConfigError(f"features.pool={self.pool!r} must be 'mean' or 'max'")
+        return torch.cat(outs).view(m, e, *outs[0].shape[1:]).mean(dim=1)
+
+    @torch.no_grad()
+    def image_features(
+        self, image: torch.Tensor, boxes: list, label: int, source: str
+    ) -> torch.Tensor:
+        """(k, C) features of one image's k patch boxes (see `images_features`)."""
+        return self.images_features([image], [boxes], [label], [source])[0]
+
+    @torch.no_grad()
+    def images_features(
+        self, images: list[torch.Tensor], boxes: list[list], labels: list[int], sources: list[str]
+    ) -> list[torch.Tensor]:
+        """Per image, the (k, C) features of its patch boxes, cropped after encoding the image.
+
+        ``image_latent``: each box's window of the image latent (resized to the patch's latent
+        side when the box is not the patch's size), then the exact path's noise and U-Net.
+        ``image_map``: one noisy U-Net pass per draw on the whole latent (the noise drawn from
+        the first patch's key), each box's window of the map pooled. A box that is the whole
+        image gives the exact path's feature in both modes (tested). Images of one size share
+        their VAE and U-Net calls.
+        """
+        if self.class_emb is None:
+            self.on_predict_start()
+        out: list[torch.Tensor | None] = [None] * len(images)
+        groups: dict[tuple, list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(tuple(im.shape), []).append(i)
+        for shape, members in groups.items():
+            img_h, img_w = shape[-2:]
+            z = encode_fixed(
+                self.backend, torch.stack([images[i] for i in members]), self.vae_batch
+            )
+            h, w = z.shape[-2:]
+            if self.crop_from == "image_latent":
+                side = max(1, round(self.size * h / img_h)) if self.size else None
+                crops, keys, owner = [], [], []
+                for j, i in enumerate(members):
+                    for k, box in enumerate(boxes[i]):
+                        x0, y0, x1, y1 = window(box, w / img_w, h / img_h, w, h)
+                        zc = z[j : j + 1, :, y0:y1, x0:x1]
+                        if side and zc.shape[-2:] != (side, side):
+                            zc = torch.nn.functional.interpolate(
+                                zc, size=(side, side), mode="bilinear", align_corners=False
+                            )
+                        crops.append(zc)
+                        keys.append((sources[i], k))
+                        owner.append(i)
+                if not crops:
+                    continue
+                feats = self.pool_map(
+                    self.noised_maps(torch.cat(crops), [labels[i] for i in owner], keys)
+                )
+                for i in members:
+                    out[i] = feats[[n for n, o in enumerate(owner) if o == i]]
+                continue
+            maps = self.noised_maps(
+                z, [labels[i] for i in members], [(sources[i], 0) for i in members]
+            )
+            fh, fw = maps.shape[-2:]
+            for j, i in enumerate(members):
+                out[i] = (
+                    torch.stack(
+                        [
+                            self.pool_map(maps[j][:, y0:y1, x0:x1])
+                            for x0, y0, x1, y1 in (
+                                window(box, fw / img_w, fh / img_h, fw, fh) for box in boxes[i]
+                            )
+                        ]
+                    )
+                    if boxes[i]
+                    else torch.zeros(0, maps.shape[1])
+                )
+        return [o if o is not None else torch.zeros(0) for o in out]
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         records = [dict(f) for f in batch["failed"]]
         if not batch["owner"]:
+            return records
+        if "images" in batch:
+            owners = batch["owner"]
+            feats = self.images_features(
+                batch["images"], batch["boxes"], [o[3] for o in owners], [o[2] for o in owners]
+            )
+            for (index, *_), f in zip(owners, feats, strict=True):
+                records += [{"index": index, "k": k, "feature": v} for k, v in enumerate(f.numpy())]
             return records
         keys = [(src, k) for _, k, src, _ in batch["owner"]]
         feats = (
@@ -245,10 +382,17 @@ def features_spec(cfg: DictConfig, bank, backend) -> dict:
     fingerprint dict (``features=clip``, whose hashed settings are its own)."""
     f = OmegaConf.to_container(cfg.features, resolve=True)
     if feature_kind(cfg) == "clip":
+        if crop_from(cfg.features) != "patch":
+            raise ConfigError(
+                "features.crop_from applies to DIFT features only (features.kind=dift)"
+            )
         hashed = {"kind": "clip", "clip": f.get("clip")}
         model = backend
     else:
         hashed, model = {k: f.get(k) for k in FEATURE_KEYS}, backend.fingerprint()
+        if crop_from(cfg.features) != "patch":
+            # Only when set: the banks made before the option keep their hash.
+            hashed["crop_from"] = crop_from(cfg.features)
     return {
         "score_hash": bank.meta["stages"]["score"]["hash"],
         "features": hashed,
@@ -323,8 +467,11 @@ def run_features(cfg: DictConfig) -> None:
                 num_threads=cfg.features.get("num_threads"),
             )
         else:
-            module = DiftModule(backend, [_Cls(c) for c in bank.classes], cfg.features)
-        crops = PatchCrops(source, bank.records, spec["size"], bank_decoder(bank.spec))
+            module = DiftModule(
+                backend, [_Cls(c) for c in bank.classes], cfg.features, size=spec["size"]
+            )
+        whole = kind == "dift" and crop_from(cfg.features) != "patch"
+        crops = PatchCrops(source, bank.records, spec["size"], bank_decoder(bank.spec), whole)
         data = CropData(
             crops,
             todo,

@@ -21,6 +21,8 @@ from distill.errors import ConfigError
 
 T_SAMPLING = ("iid", "stratified", "grid")
 POOLS = ("mean", "max")
+# Where a DIFT feature is cropped from (distill.dift): the patch (exact) or the image.
+CROP_FROM = ("patch", "image_latent", "image_map")
 ON_MISMATCH = ("error", "rebuild")
 
 
@@ -154,6 +156,7 @@ def check_features(features, steps: int | None) -> None:
     _int_at_least(features, "up_ft_index", p, 0)
     _workers(features, p)
     _one_of(features, "pool", p, POOLS)
+    _one_of(features, "crop_from", p, CROP_FROM)
     _one_of(features, "on_mismatch", p, ON_MISMATCH)
     t = features.get("timestep")
     if t is not None and (not _is_int(t) or t < 0 or (steps is not None and t >= steps)):
