@@ -100,9 +100,9 @@ def test_image_map_pools_each_box_window_of_the_whole_map(tiny_backend):
     sy, sx = fh / 32, fw / 48
     want = torch.stack(
         [
-            fmap[:, int(y0 * sy) : int(np.ceil(y1 * sy)), int(x0 * sx) : int(np.ceil(x1 * sx))].mean(
-                dim=(1, 2)
-            )
+            fmap[
+                :, int(y0 * sy) : int(np.ceil(y1 * sy)), int(x0 * sx) : int(np.ceil(x1 * sx))
+            ].mean(dim=(1, 2))
             for x0, y0, x1, y1 in boxes
         ]
     )
