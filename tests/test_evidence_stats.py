@@ -1,0 +1,66 @@
+"""The evidence benchmarks' statistics: spread over set draws and over seeds kept apart, the
+gain over the right random baseline, and the 2-standard-deviation bar (a wrong statistic here
+would make the report silently wrong)."""
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+
+def load(name):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+lowres = load("lowres_evidence")
+scene = load("scene_evidence")
+
+
+def test_summarise_separates_sets_from_seeds():
+    # Two sets of three seeds: set means 10 and 14; seed stds 1 and 2.
+    per = {"ours": {10: [[9.0, 10.0, 11.0], [12.0, 14.0, 16.0]]}}
+    r = lowres.summarise(per)["ours"][10]
+    assert r["mean"] == pytest.approx(12.0)
+    assert r["std_over_sets"] == pytest.approx(np.std([10.0, 14.0], ddof=1))
+    assert r["std_over_seeds"] == pytest.approx(1.5)
+    assert r["set_means"] == pytest.approx([10.0, 14.0])
+    assert "gain_over_random" not in r  # no random row to compare with
+
+
+def test_the_bar_needs_more_than_two_pooled_sds_over_sets():
+    base = [[50.0], [52.0], [54.0]]  # mean 52, sd 2
+    close = [[53.0], [55.0], [57.0]]  # +3 < 2 * 2
+    far = [[57.0], [59.0], [61.0]]  # +7 > 2 * 2
+    rep = lowres.summarise({"random": {10: base}, "a": {10: close}, "b": {10: far}})
+    assert rep["a"][10]["gain_over_random"] == pytest.approx(3.0)
+    assert rep["a"][10]["beats_random_2sd"] is False
+    assert rep["b"][10]["beats_random_2sd"] is True
+    one = lowres.summarise({"random": {10: [[50.0]]}, "a": {10: [[60.0]]}})
+    assert one["a"][10]["beats_random_2sd"] is None  # one set: no spread to judge by
+
+
+def test_scene_methods_are_compared_with_the_random_crops_of_their_own_assembly():
+    per = {
+        "random_crop_c": {10: [[40.0], [42.0], [44.0]]},
+        "random_crop_s": {10: [[60.0], [61.0], [62.0]]},
+        "ours_c": {10: [[45.0], [47.0], [49.0]]},
+        "ours_s": {10: [[59.0], [60.0], [61.0]]},
+    }
+    rep = scene.with_baselines(lowres.summarise(per))
+    assert rep["ours_c"][10]["baseline"] == "random_crop_c"
+    assert rep["ours_c"][10]["gain_over_random"] == pytest.approx(5.0)
+    assert rep["ours_c"][10]["beats_random_2sd"] is True  # 5 > 2 * 2
+    assert rep["ours_s"][10]["baseline"] == "random_crop_s"
+    assert rep["ours_s"][10]["gain_over_random"] == pytest.approx(-1.0)
+    assert rep["ours_s"][10]["beats_random_2sd"] is False
+    assert "baseline" not in rep["random_crop_c"][10]
