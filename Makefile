@@ -8,7 +8,7 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 PYTEST := $(TEST_ENV) $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench bench-quality bench-timesteps bench-evidence bench-scenes bench-dift-sources mutation clean
+.PHONY: help install demo test test-all lint format bench bench-quality bench-timesteps bench-evidence bench-scenes bench-dift-sources bench-ablations mutation clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -45,9 +45,15 @@ bench: $(STAMP) ## Speed benchmarks (fast path vs naive reference; writes result
 	$(PY) benchmarks/loader_bench.py
 	$(PY) benchmarks/fewer_draws.py
 
-bench-quality: $(STAMP) ## Small-scale reproduction on Fashion-MNIST (about 3.5 h on 2 cores; writes results/fashion*.md)
+bench-quality: $(STAMP) ## Small-scale reproduction on Fashion-MNIST: probe, both protocols, diagnosis -> results/fashion.md (hours on 2 cores from scratch; reruns reuse finished runs)
+	$(TEST_ENV) $(PY) benchmarks/fashion_probe.py
+	$(TEST_ENV) $(PY) benchmarks/lowres_evidence.py
+	$(TEST_ENV) $(PY) benchmarks/scene_evidence.py
+	$(TEST_ENV) $(PY) benchmarks/evidence_diagnosis.py
+	$(TEST_ENV) $(PY) benchmarks/fashion_report.py
+
+bench-ablations: $(STAMP) ## The older scene benchmark and its ablations (about 3.5 h; results/fashion_ablations.md)
 	$(PY) benchmarks/fashion_quality.py
-	$(PY) benchmarks/fashion_probe.py
 
 bench-timesteps: $(STAMP) ## Stage I timestep schemes vs a 64-draw reference on the embedded model (about 6-12 min; results/timestep_schemes.md)
 	$(TEST_ENV) $(PY) benchmarks/timestep_schemes.py

@@ -66,7 +66,13 @@ METHOD_ARGS = {
     "kcenter": ["selector=kcenter", "selector.checkpoint={teacher}"],
     "teacher": ["selector=teacher", "selector.checkpoint={teacher}", "selector.crops_per_image=1"],
 }
-COMMANDS: list[str] = []
+COMMANDS: list[str] = []  # what this invocation ran
+REUSED: list[str] = []  # what earlier invocations ran with the same settings (not rerun)
+
+
+def reused(cmd: list[str]) -> None:
+    if " ".join(cmd) not in REUSED:
+        REUSED.append(" ".join(cmd))
 
 
 def run(cmd: list[str]) -> None:
@@ -184,12 +190,17 @@ def markdown(rep: dict, a, minutes: float) -> str:
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Commands this invocation ran (a distillation or evaluation finished by an earlier "
-        "invocation with the same settings is reused, not rerun, and not listed; each set's "
-        "commands follow the pattern below):",
+        "Commands this invocation ran:",
         "",
         "```bash",
         *(COMMANDS or ["# none: every run was already finished"]),
+        "```",
+        "",
+        "Reused, not rerun (finished by an earlier invocation with the same settings; the "
+        "command that made each):",
+        "",
+        "```bash",
+        *(REUSED or ["# none"]),
         "```",
         "",
     ]
@@ -225,43 +236,43 @@ def main(argv: list[str] | None = None) -> int:
         for m in a.methods:
             run_dir = work / f"set{draw}" / m
             shared = bank if m == "ours_no_cluster" else None
-            if not all(
+            cmd = [
+                *py,
+                "distill",
+                *distill_args(a, m, draw, teacher, shared),
+                f"paths.output_dir={run_dir}",
+            ]
+            done = all(
                 (run_dir / "distilled" / f"ipc{int(k)}" / "set.json").is_file() for k in a.ipc
-            ):
-                run(
-                    [
-                        *py,
-                        "distill",
-                        *distill_args(a, m, draw, teacher, shared),
-                        f"paths.output_dir={run_dir}",
-                    ]
-                )
+            )
+            reused(cmd) if done else run(cmd)
             sweep = work / f"set{draw}" / f"eval_{m}"
             got = collect(sweep)
             # Only the IPCs this sweep lacks, each into its own sub-folder: a later run with more
             # IPCs reuses the finished ones instead of numbering new jobs over them.
             missing = [int(k) for k in a.ipc if int(k) not in got]
+            cmd = [
+                *py,
+                "evaluate",
+                "-m",
+                "experiment=fashion_mnist",
+                f"distilled={run_dir}",
+                "ipc=" + ",".join(str(k) for k in (missing or [int(k) for k in a.ipc])),
+                f"seeds={int(a.seeds)}",
+                f"epochs={int(a.epochs)}",
+                f"val.every_n_epochs={int(a.val_every)}",
+                f"method={m}",
+                f"seed={100 * draw}",
+                f"num_threads={int(a.threads)}",
+                "logger=none",
+                f"hydra.sweep.dir={sweep}",
+                "hydra.sweep.subdir=ipc${ipc}",
+            ]
             if missing:
-                run(
-                    [
-                        *py,
-                        "evaluate",
-                        "-m",
-                        "experiment=fashion_mnist",
-                        f"distilled={run_dir}",
-                        "ipc=" + ",".join(str(k) for k in missing),
-                        f"seeds={int(a.seeds)}",
-                        f"epochs={int(a.epochs)}",
-                        f"val.every_n_epochs={int(a.val_every)}",
-                        f"method={m}",
-                        f"seed={100 * draw}",
-                        f"num_threads={int(a.threads)}",
-                        "logger=none",
-                        f"hydra.sweep.dir={sweep}",
-                        "hydra.sweep.subdir=ipc${ipc}",
-                    ]
-                )
+                run(cmd)
                 got = collect(sweep)
+            else:
+                reused(cmd)
             for ipc, accs in got.items():
                 per.setdefault(m, {}).setdefault(ipc, []).append(accs)
     rep = summarise(per)
@@ -275,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             "numerics": numerics(),
             "report": rep,
             "commands": COMMANDS,
+            "reused": REUSED,
         },
     )
     md = markdown(rep, a, minutes)

@@ -74,7 +74,13 @@ BASELINE = {
     "ours_s": "random_crop_s",
     "teacher_crop_c": "random_crop_c",
 }
-COMMANDS: list[str] = []
+COMMANDS: list[str] = []  # what this invocation ran
+REUSED: list[str] = []  # what earlier invocations ran with the same settings (not rerun)
+
+
+def reused(cmd: list[str]) -> None:
+    if " ".join(cmd) not in REUSED:
+        REUSED.append(" ".join(cmd))
 
 
 def run(cmd: list[str]) -> None:
@@ -112,20 +118,19 @@ def common_args(a, draw: int) -> list[str]:
 def distill(a, draw: int, m: str, work: Path, teacher: Path) -> None:
     py = [sys.executable, "-m"]
     run_dir = work / f"set{draw}" / m
-    if all((run_dir / "distilled" / f"ipc{int(k)}" / "set.json").is_file() for k in a.ipc):
-        return
+    done = all((run_dir / "distilled" / f"ipc{int(k)}" / "set.json").is_file() for k in a.ipc)
     if m == "ours_s":  # the same bank as ours_c, one patch per image
-        distill(a, draw, "ours_c", work, teacher)
-        run(
-            [
-                *py,
-                "distill.materialize",
-                f"bank_dir={work / f'set{draw}' / 'ours_c' / 'bank'}",
-                "ipc=[" + ",".join(str(int(k)) for k in a.ipc) + "]",
-                "concat_max_ipc=0",
-                f"out_dir={run_dir / 'distilled'}",
-            ]
-        )
+        if not done:
+            distill(a, draw, "ours_c", work, teacher)
+        cmd = [
+            *py,
+            "distill.materialize",
+            f"bank_dir={work / f'set{draw}' / 'ours_c' / 'bank'}",
+            "ipc=[" + ",".join(str(int(k)) for k in a.ipc) + "]",
+            "concat_max_ipc=0",
+            f"out_dir={run_dir / 'distilled'}",
+        ]
+        reused(cmd) if done else run(cmd)
         return
     extra = {
         "ours_c": [],
@@ -133,7 +138,8 @@ def distill(a, draw: int, m: str, work: Path, teacher: Path) -> None:
         "random_crop_s": ["selector=random", "selector.mode=crop", "assemble.concat_max_ipc=0"],
         "teacher_crop_c": ["selector=teacher", f"selector.checkpoint={teacher}"],
     }[m]
-    run([*py, "distill", *common_args(a, draw), *extra, f"paths.output_dir={run_dir}"])
+    cmd = [*py, "distill", *common_args(a, draw), *extra, f"paths.output_dir={run_dir}"]
+    reused(cmd) if done else run(cmd)
 
 
 def localisation_of(work: Path, draw: int, teacher_ipc: int) -> dict:
@@ -242,10 +248,17 @@ def markdown(rep: dict, loc: list[dict], a, minutes: float, teacher_acc) -> str:
             )
     lines += [
         "",
-        "Commands this invocation ran (finished runs are reused, not rerun, and not listed):",
+        "Commands this invocation ran:",
         "",
         "```bash",
         *(COMMANDS or ["# none: every run was already finished"]),
+        "```",
+        "",
+        "Reused, not rerun (finished by an earlier invocation with the same settings; the "
+        "command that made each):",
+        "",
+        "```bash",
+        *(REUSED or ["# none"]),
         "```",
         "",
     ]
@@ -293,31 +306,32 @@ def main(argv: list[str] | None = None) -> int:
             sweep = work / f"set{draw}" / f"eval_{m}"
             got = collect(sweep)
             missing = [int(k) for k in a.ipc if int(k) not in got]
+            cmd = [
+                *py,
+                "evaluate",
+                "-m",
+                "experiment=fashion_mnist",
+                f"input.size={size}",
+                f"teacher.checkpoint={teacher}",
+                "teacher.train_if_missing=false",
+                "aug.factor=null",
+                f"distilled={run_dir}",
+                "ipc=" + ",".join(str(k) for k in (missing or [int(k) for k in a.ipc])),
+                f"seeds={int(a.seeds)}",
+                f"epochs={int(a.epochs)}",
+                f"val.every_n_epochs={int(a.val_every)}",
+                f"method={m}",
+                f"seed={100 * draw}",
+                f"num_threads={int(a.threads)}",
+                "logger=none",
+                f"hydra.sweep.dir={sweep}",
+                "hydra.sweep.subdir=ipc${ipc}",
+            ]
             if missing:
-                run(
-                    [
-                        *py,
-                        "evaluate",
-                        "-m",
-                        "experiment=fashion_mnist",
-                        f"input.size={size}",
-                        f"teacher.checkpoint={teacher}",
-                        "teacher.train_if_missing=false",
-                        "aug.factor=null",
-                        f"distilled={run_dir}",
-                        "ipc=" + ",".join(str(k) for k in missing),
-                        f"seeds={int(a.seeds)}",
-                        f"epochs={int(a.epochs)}",
-                        f"val.every_n_epochs={int(a.val_every)}",
-                        f"method={m}",
-                        f"seed={100 * draw}",
-                        f"num_threads={int(a.threads)}",
-                        "logger=none",
-                        f"hydra.sweep.dir={sweep}",
-                        "hydra.sweep.subdir=ipc${ipc}",
-                    ]
-                )
+                run(cmd)
                 got = collect(sweep)
+            else:
+                reused(cmd)
             for ipc, accs in got.items():
                 per.setdefault(m, {}).setdefault(ipc, []).append(accs)
         loc.append(localisation_of(work, draw, max(int(k) for k in a.ipc)))
@@ -339,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             "report": rep,
             "localisation": loc,
             "commands": COMMANDS,
+            "reused": REUSED,
         },
     )
     md = markdown(rep, [d for d in loc if d], a, minutes, teacher_acc)
