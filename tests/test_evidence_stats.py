@@ -64,3 +64,35 @@ def test_scene_methods_are_compared_with_the_random_crops_of_their_own_assembly(
     assert rep["ours_s"][10]["gain_over_random"] == pytest.approx(-1.0)
     assert rep["ours_s"][10]["beats_random_2sd"] is False
     assert "baseline" not in rep["random_crop_c"][10]
+
+
+report = load("fashion_report")
+
+
+def test_the_report_pairs_each_protocol_with_its_own_random_and_keeps_the_bar():
+    def r(mean, sd, beats=None):
+        return {"mean": mean, "std_over_sets": sd, "sets": 3, "beats_random_2sd": beats}
+
+    parts = {
+        "lowres": {"report": {"ours": {"10": r(75.3, 1.1, False)}, "random": {"10": r(75.4, 0.8)}}},
+        "scenes": {
+            "report": {
+                "ours_c": {"10": r(50.0, 1.0, True)},
+                "random_crop_c": {"10": r(45.0, 1.0)},
+                "ours_s": {"10": r(60.0, 1.0, False)},
+                "random_crop_s": {"10": r(61.0, 1.0)},
+            }
+        },
+    }
+    rows = {
+        (x["protocol"].split(",")[0], x["ipc"], x["ours"]["mean"]): x
+        for x in report.verdict_rows(parts)
+    }
+    assert len(rows) == 3
+    low = rows[("low resolution", 10, 75.3)]
+    assert low["gain"] == pytest.approx(-0.1) and low["beats_random_2sd"] is False
+    conc = rows[("scenes", 10, 50.0)]
+    assert conc["random"]["mean"] == 45.0 and conc["beats_random_2sd"] is True
+    single = rows[("scenes", 10, 60.0)]
+    assert single["random"]["mean"] == 61.0 and single["gain"] == pytest.approx(-1.0)
+    assert report.demote("# A\ntext\n## B") == "## A\ntext\n### B"
