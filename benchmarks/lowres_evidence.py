@@ -197,7 +197,7 @@ def markdown(rep: dict, a, minutes: float) -> str:
         "```",
         "",
         "Reused, not rerun (finished by an earlier invocation with the same settings; the "
-        "command that made each):",
+        "command that reproduces each):",
         "",
         "```bash",
         *(REUSED or ["# none"]),

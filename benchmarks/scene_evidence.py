@@ -255,7 +255,7 @@ def markdown(rep: dict, loc: list[dict], a, minutes: float, teacher_acc) -> str:
         "```",
         "",
         "Reused, not rerun (finished by an earlier invocation with the same settings; the "
-        "command that made each):",
+        "command that reproduces each):",
         "",
         "```bash",
         *(REUSED or ["# none"]),
