@@ -38,8 +38,11 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+from timestep_schemes import compose_demo  # noqa: E402
 
 from distill.bank import load_bank  # noqa: E402
 from distill.clustering import cluster_class  # noqa: E402
@@ -67,13 +70,6 @@ VARIANTS = [
     ("image_latent", "image_latent", 0),
     ("image_map", "image_map", 0),
 ]
-
-
-def compose_demo(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return compose(config_name="distill", overrides=["experiment=demo", *overrides])
 
 
 def features_of(module: DiftModule, crops: PatchCrops, batch: int) -> tuple[np.ndarray, float]:

@@ -55,8 +55,8 @@ def verdict_rows(parts: dict) -> list[dict]:
         rep = (parts.get(part) or {}).get("report", {})
         ipcs = sorted({int(k) for k in rep.get(ours, {})} | {int(k) for k in rep.get(base, {})})
         for k in ipcs:
-            o = rep.get(ours, {}).get(str(k)) or rep.get(ours, {}).get(k)
-            b = rep.get(base, {}).get(str(k)) or rep.get(base, {}).get(k)
+            o = rep.get(ours, {}).get(str(k))  # JSON keys: the IPC as a string
+            b = rep.get(base, {}).get(str(k))
             rows.append(
                 {
                     "protocol": name,

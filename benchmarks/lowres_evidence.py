@@ -126,8 +126,12 @@ def collect(sweep: Path) -> dict[int, list[float]]:
     return out
 
 
-def summarise(per: dict) -> dict:
-    """per[method][ipc] = list over sets of per-seed lists -> the report's statistics."""
+def summarise(per: dict, baseline: dict[str, str] | None = None) -> dict:
+    """per[method][ipc] = list over sets of per-seed lists -> the report's statistics.
+
+    ``baseline`` names each method's random reference (default: ``random`` for every other
+    method); the gain, the pooled std over sets and the 2-sd bar are against it.
+    """
     rep: dict = {}
     for m, by_ipc in per.items():
         for ipc, sets in by_ipc.items():
@@ -141,17 +145,98 @@ def summarise(per: dict) -> dict:
                 "std_over_seeds": float(np.mean(seed_sd)),
                 "set_means": means,
             }
-    for m in rep:
-        for ipc, r in rep[m].items():
-            base = rep.get("random", {}).get(ipc)
-            if base and m != "random":
-                pooled = float(np.sqrt((r["std_over_sets"] ** 2 + base["std_over_sets"] ** 2) / 2))
-                r["gain_over_random"] = r["mean"] - base["mean"]
-                r["pooled_std_over_sets"] = pooled
-                # With one set draw there is no spread over sets to compare against.
-                enough = r["sets"] > 1 and base["sets"] > 1
-                r["beats_random_2sd"] = bool(r["gain_over_random"] > 2 * pooled) if enough else None
+    if baseline is None:
+        baseline = {m: "random" for m in rep if m != "random"}
+    for m, base_name in baseline.items():
+        for ipc, r in rep.get(m, {}).items():
+            base = rep.get(base_name, {}).get(ipc)
+            if not base:
+                continue
+            pooled = float(np.sqrt((r["std_over_sets"] ** 2 + base["std_over_sets"] ** 2) / 2))
+            r["baseline"] = base_name
+            r["gain_over_random"] = r["mean"] - base["mean"]
+            r["pooled_std_over_sets"] = pooled
+            # With one set draw there is no spread over sets to compare against.
+            enough = r["sets"] > 1 and base["sets"] > 1
+            r["beats_random_2sd"] = bool(r["gain_over_random"] > 2 * pooled) if enough else None
     return rep
+
+
+def method_table(rep: dict, methods, ipcs: list[int]) -> list[str]:
+    """The markdown table of the report: one row per method, one cell per IPC."""
+    lines = [
+        "| method | " + " | ".join(f"IPC {k}" for k in ipcs) + " |",
+        "|" + " --- |" * (len(ipcs) + 1),
+    ]
+    for m in methods:
+        cells = []
+        for k in ipcs:
+            r = rep.get(m, {}).get(k)
+            if not r:
+                cells.append("-")
+                continue
+            cell = f"{r['mean']:.1f} ± {r['std_over_sets']:.1f} [{r['std_over_seeds']:.1f}]"
+            if "gain_over_random" in r:
+                cell += f", gain {r['gain_over_random']:+.1f}" + (
+                    " ✓" if r["beats_random_2sd"] else ""
+                )
+            cells.append(cell)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def commands_section() -> list[str]:
+    """What this invocation ran, and what it reused with the command that reproduces each."""
+    return [
+        "",
+        "Commands this invocation ran:",
+        "",
+        "```bash",
+        *(COMMANDS or ["# none: every run was already finished"]),
+        "```",
+        "",
+        "Reused, not rerun (finished by an earlier invocation with the same settings; the "
+        "command that reproduces each):",
+        "",
+        "```bash",
+        *(REUSED or ["# none"]),
+        "```",
+        "",
+    ]
+
+
+def evaluate_missing(
+    a, m: str, draw: int, run_dir: Path, sweep: Path, extra: list[str] = ()
+) -> dict[int, list[float]]:
+    """Each IPC's best top-1 per seed of one set's students, training only the IPCs the sweep
+    lacks, each into its own sub-folder (a later run with more IPCs reuses the finished ones
+    instead of numbering new jobs over them). ``extra``: evaluate overrides of the protocol."""
+    got = collect(sweep)
+    missing = [int(k) for k in a.ipc if int(k) not in got]
+    cmd = [
+        sys.executable,
+        "-m",
+        "evaluate",
+        "-m",
+        "experiment=fashion_mnist",
+        *extra,
+        f"distilled={run_dir}",
+        "ipc=" + ",".join(str(k) for k in (missing or [int(k) for k in a.ipc])),
+        f"seeds={int(a.seeds)}",
+        f"epochs={int(a.epochs)}",
+        f"val.every_n_epochs={int(a.val_every)}",
+        f"method={m}",
+        f"seed={100 * draw}",
+        f"num_threads={int(a.threads)}",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweep.subdir=ipc${ipc}",
+    ]
+    if not missing:
+        reused(cmd)
+        return got
+    run(cmd)
+    return collect(sweep)
 
 
 def markdown(rep: dict, a, minutes: float) -> str:
@@ -171,39 +256,9 @@ def markdown(rep: dict, a, minutes: float) -> str:
         "real items of the same IPC; ✓ when the gain exceeds 2 pooled standard deviations over "
         "set draws.",
         "",
-        "| method | " + " | ".join(f"IPC {k}" for k in ipcs) + " |",
-        "|" + " --- |" * (len(ipcs) + 1),
     ]
-    for m in a.methods:
-        cells = []
-        for k in ipcs:
-            r = rep.get(m, {}).get(k)
-            if not r:
-                cells.append("-")
-                continue
-            cell = f"{r['mean']:.1f} ± {r['std_over_sets']:.1f} [{r['std_over_seeds']:.1f}]"
-            if "gain_over_random" in r:
-                cell += f", gain {r['gain_over_random']:+.1f}" + (
-                    " ✓" if r["beats_random_2sd"] else ""
-                )
-            cells.append(cell)
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Commands this invocation ran:",
-        "",
-        "```bash",
-        *(COMMANDS or ["# none: every run was already finished"]),
-        "```",
-        "",
-        "Reused, not rerun (finished by an earlier invocation with the same settings; the "
-        "command that reproduces each):",
-        "",
-        "```bash",
-        *(REUSED or ["# none"]),
-        "```",
-        "",
-    ]
+    lines += method_table(rep, a.methods, ipcs)
+    lines += commands_section()
     return "\n".join(lines)
 
 
@@ -245,34 +300,11 @@ def main(argv: list[str] | None = None) -> int:
             done = all(
                 (run_dir / "distilled" / f"ipc{int(k)}" / "set.json").is_file() for k in a.ipc
             )
-            reused(cmd) if done else run(cmd)
-            sweep = work / f"set{draw}" / f"eval_{m}"
-            got = collect(sweep)
-            # Only the IPCs this sweep lacks, each into its own sub-folder: a later run with more
-            # IPCs reuses the finished ones instead of numbering new jobs over them.
-            missing = [int(k) for k in a.ipc if int(k) not in got]
-            cmd = [
-                *py,
-                "evaluate",
-                "-m",
-                "experiment=fashion_mnist",
-                f"distilled={run_dir}",
-                "ipc=" + ",".join(str(k) for k in (missing or [int(k) for k in a.ipc])),
-                f"seeds={int(a.seeds)}",
-                f"epochs={int(a.epochs)}",
-                f"val.every_n_epochs={int(a.val_every)}",
-                f"method={m}",
-                f"seed={100 * draw}",
-                f"num_threads={int(a.threads)}",
-                "logger=none",
-                f"hydra.sweep.dir={sweep}",
-                "hydra.sweep.subdir=ipc${ipc}",
-            ]
-            if missing:
-                run(cmd)
-                got = collect(sweep)
-            else:
+            if done:
                 reused(cmd)
+            else:
+                run(cmd)
+            got = evaluate_missing(a, m, draw, run_dir, work / f"set{draw}" / f"eval_{m}")
             for ipc, accs in got.items():
                 per.setdefault(m, {}).setdefault(ipc, []).append(accs)
     rep = summarise(per)

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from lowres_evidence import collect, summarise  # noqa: E402
+import lowres_evidence as lowres  # noqa: E402
+from lowres_evidence import evaluate_missing, method_table, reused, run, summarise  # noqa: E402
 
 from distill.bank import read_jsonl  # noqa: E402
 from distill.data import build_source  # noqa: E402
@@ -74,29 +73,11 @@ BASELINE = {
     "ours_s": "random_crop_s",
     "teacher_crop_c": "random_crop_c",
 }
-COMMANDS: list[str] = []  # what this invocation ran
-REUSED: list[str] = []  # what earlier invocations ran with the same settings (not rerun)
-
-
-def reused(cmd: list[str]) -> None:
-    if " ".join(cmd) not in REUSED:
-        REUSED.append(" ".join(cmd))
-
-
-def run(cmd: list[str]) -> None:
-    COMMANDS.append(" ".join(cmd))
-    print(f"\n$ {' '.join(cmd)}", flush=True)
-    rc = subprocess.call(cmd, cwd=ROOT)
-    if rc != 0:
-        raise SystemExit(f"step failed ({rc}): {' '.join(cmd)}")
 
 
 def teacher_path(size: int) -> Path:
-    cache = os.environ.get(
-        "DISTILL_CACHE",
-        os.path.join(os.environ.get("HOME", "."), ".cache", "diffusion-patch-distill"),
-    )
-    return Path(cache) / "teachers" / f"fashion_mnist_convnet3_w32_{size}px.pt"
+    """Beside the low-resolution teacher in the evaluation cache, named by its input size."""
+    return lowres.teacher_path().with_name(f"fashion_mnist_convnet3_w32_{size}px.pt")
 
 
 def common_args(a, draw: int) -> list[str]:
@@ -130,7 +111,10 @@ def distill(a, draw: int, m: str, work: Path, teacher: Path) -> None:
             "concat_max_ipc=0",
             f"out_dir={run_dir / 'distilled'}",
         ]
-        reused(cmd) if done else run(cmd)
+        if done:
+            reused(cmd)
+        else:
+            run(cmd)
         return
     extra = {
         "ours_c": [],
@@ -139,7 +123,10 @@ def distill(a, draw: int, m: str, work: Path, teacher: Path) -> None:
         "teacher_crop_c": ["selector=teacher", f"selector.checkpoint={teacher}"],
     }[m]
     cmd = [*py, "distill", *common_args(a, draw), *extra, f"paths.output_dir={run_dir}"]
-    reused(cmd) if done else run(cmd)
+    if done:
+        reused(cmd)
+    else:
+        run(cmd)
 
 
 def localisation_of(work: Path, draw: int, teacher_ipc: int) -> dict:
@@ -151,6 +138,7 @@ def localisation_of(work: Path, draw: int, teacher_ipc: int) -> dict:
     source = build_source(OmegaConf.create(meta["data_cfg"]))
     truth = {it.source: box for it, box in zip(source.items, source.boxes, strict=True)}
     patch = int(meta["stages"]["score"]["spec"]["scoring"]["patch"])
+    canvas = int(meta["data_cfg"]["canvas"])
     rep = {
         "ours (Stage I best patch)": localisation(read_jsonl(bank / "scores.jsonl"), truth, patch)
     }
@@ -163,28 +151,12 @@ def localisation_of(work: Path, draw: int, teacher_ipc: int) -> dict:
                 {
                     "source": r["source"],
                     "boxes": [[int(r[k]) for k in ("x0", "y0", "x1", "y1")]],
-                    "orig_size": [64, 64],
+                    "orig_size": [canvas, canvas],
                 }
                 for r in rows
             ]
             rep[name] = localisation(recs, truth, patch)
     return {k: v.as_dict() for k, v in rep.items()}
-
-
-def with_baselines(rep: dict) -> dict:
-    """Gain of each method over the random crops of its own assembly (not over one 'random')."""
-    for m, base_name in BASELINE.items():
-        for ipc, r in rep.get(m, {}).items():
-            base = rep.get(base_name, {}).get(ipc)
-            if not base:
-                continue
-            pooled = float(np.sqrt((r["std_over_sets"] ** 2 + base["std_over_sets"] ** 2) / 2))
-            r["baseline"] = base_name
-            r["gain_over_random"] = r["mean"] - base["mean"]
-            r["pooled_std_over_sets"] = pooled
-            enough = r["sets"] > 1 and base["sets"] > 1
-            r["beats_random_2sd"] = bool(r["gain_over_random"] > 2 * pooled) if enough else None
-    return rep
 
 
 def markdown(rep: dict, loc: list[dict], a, minutes: float, teacher_acc) -> str:
@@ -209,23 +181,8 @@ def markdown(rep: dict, loc: list[dict], a, minutes: float, teacher_acc) -> str:
         "patch); ✓ when it exceeds 2 pooled standard deviations over set draws. At IPC 50 the "
         "paper's rule (one patch per image above IPC 10) makes `_c` and `_s` the same kind of set.",
         "",
-        "| method | " + " | ".join(f"IPC {k}" for k in ipcs) + " |",
-        "|" + " --- |" * (len(ipcs) + 1),
     ]
-    for m in a.methods:
-        cells = []
-        for k in ipcs:
-            r = rep.get(m, {}).get(k)
-            if not r:
-                cells.append("-")
-                continue
-            cell = f"{r['mean']:.1f} ± {r['std_over_sets']:.1f} [{r['std_over_seeds']:.1f}]"
-            if "gain_over_random" in r:
-                cell += f", gain {r['gain_over_random']:+.1f}" + (
-                    " ✓" if r["beats_random_2sd"] else ""
-                )
-            cells.append(cell)
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += method_table(rep, a.methods, ipcs)
     if loc:
         names = sorted({n for d in loc for n in d})
         lines += [
@@ -246,22 +203,7 @@ def markdown(rep: dict, loc: list[dict], a, minutes: float, teacher_acc) -> str:
                 f"{100 * mean.get('centre_hit', float('nan')):.1f} % | "
                 f"{100 * mean.get('random_centre_hit', float('nan')):.1f} % |"
             )
-    lines += [
-        "",
-        "Commands this invocation ran:",
-        "",
-        "```bash",
-        *(COMMANDS or ["# none: every run was already finished"]),
-        "```",
-        "",
-        "Reused, not rerun (finished by an earlier invocation with the same settings; the "
-        "command that reproduces each):",
-        "",
-        "```bash",
-        *(REUSED or ["# none"]),
-        "```",
-        "",
-    ]
+    lines += lowres.commands_section()
     return "\n".join(lines)
 
 
@@ -278,69 +220,48 @@ def main(argv: list[str] | None = None) -> int:
     teacher = teacher_path(size)
     t0 = time.perf_counter()
     py = [sys.executable, "-m"]
-    if not teacher.is_file():
-        run(
-            [
-                *py,
-                "evaluate",
-                "mode=teacher",
-                "experiment=fashion_mnist_teacher",
-                f"input.size={size}",
-                f"teacher_fit.epochs={int(a.teacher_epochs)}",
-                f"num_threads={int(a.threads)}",
-                f"hydra.run.dir={work / 'teacher'}",
-            ]
-        )
+    cmd = [
+        *py,
+        "evaluate",
+        "mode=teacher",
+        "experiment=fashion_mnist_teacher",
+        f"input.size={size}",
+        f"teacher_fit.epochs={int(a.teacher_epochs)}",
+        f"num_threads={int(a.threads)}",
+        f"hydra.run.dir={work / 'teacher'}",
+    ]
+    if teacher.is_file():
+        reused(cmd)
+    else:
+        run(cmd)
         teacher.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(work / "teacher" / "teacher.pt", teacher)
-    import torch
+    from evaluate.models import read_checkpoint
 
-    meta = torch.load(teacher, map_location="cpu", weights_only=False).get("meta", {})
+    _, meta = read_checkpoint(str(teacher))
     teacher_acc = float(meta["val_acc"]) if _num(meta.get("val_acc")) else None
     per: dict = {}
     loc = []
     for draw in range(int(a.sets)):
         for m in a.methods:
             distill(a, draw, m, work, teacher)
-            run_dir = work / f"set{draw}" / m
-            sweep = work / f"set{draw}" / f"eval_{m}"
-            got = collect(sweep)
-            missing = [int(k) for k in a.ipc if int(k) not in got]
-            cmd = [
-                *py,
-                "evaluate",
-                "-m",
-                "experiment=fashion_mnist",
-                f"input.size={size}",
-                f"teacher.checkpoint={teacher}",
-                "teacher.train_if_missing=false",
-                "aug.factor=null",
-                f"distilled={run_dir}",
-                "ipc=" + ",".join(str(k) for k in (missing or [int(k) for k in a.ipc])),
-                f"seeds={int(a.seeds)}",
-                f"epochs={int(a.epochs)}",
-                f"val.every_n_epochs={int(a.val_every)}",
-                f"method={m}",
-                f"seed={100 * draw}",
-                f"num_threads={int(a.threads)}",
-                "logger=none",
-                f"hydra.sweep.dir={sweep}",
-                "hydra.sweep.subdir=ipc${ipc}",
-            ]
-            if missing:
-                run(cmd)
-                got = collect(sweep)
-            else:
-                reused(cmd)
+            got = evaluate_missing(
+                a,
+                m,
+                draw,
+                work / f"set{draw}" / m,
+                work / f"set{draw}" / f"eval_{m}",
+                [
+                    f"input.size={size}",
+                    f"teacher.checkpoint={teacher}",
+                    "teacher.train_if_missing=false",
+                    "aug.factor=null",
+                ],
+            )
             for ipc, accs in got.items():
                 per.setdefault(m, {}).setdefault(ipc, []).append(accs)
         loc.append(localisation_of(work, draw, max(int(k) for k in a.ipc)))
-    rep = with_baselines(summarise({m: v for m, v in per.items()}))
-    for m in rep:  # summarise's gain is over a method named "random": none here
-        for r in rep[m].values():
-            if "baseline" not in r:
-                for k in ("gain_over_random", "pooled_std_over_sets", "beats_random_2sd"):
-                    r.pop(k, None)
+    rep = summarise(per, BASELINE)
     minutes = (time.perf_counter() - t0) / 60
     out = ROOT / str(a.out)
     atomic_write_json(
@@ -352,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             "teacher_top1": teacher_acc,
             "report": rep,
             "localisation": loc,
-            "commands": COMMANDS,
-            "reused": REUSED,
+            "commands": lowres.COMMANDS,
+            "reused": lowres.REUSED,
         },
     )
     md = markdown(rep, [d for d in loc if d], a, minutes, teacher_acc)

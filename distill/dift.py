@@ -265,13 +265,6 @@ class DiftModule(L.LightningModule):
         return torch.cat(outs).view(m, e, *outs[0].shape[1:]).mean(dim=1)
 
     @torch.no_grad()
-    def image_features(
-        self, image: torch.Tensor, boxes: list, label: int, source: str
-    ) -> torch.Tensor:
-        """(k, C) features of one image's k patch boxes (see `images_features`)."""
-        return self.images_features([image], [boxes], [label], [source])[0]
-
-    @torch.no_grad()
     def images_features(
         self, images: list[torch.Tensor], boxes: list[list], labels: list[int], sources: list[str]
     ) -> list[torch.Tensor]:
@@ -286,7 +279,7 @@ class DiftModule(L.LightningModule):
         """
         if self.class_emb is None:
             self.on_predict_start()
-        out: list[torch.Tensor | None] = [None] * len(images)
+        out: list[torch.Tensor] = [torch.zeros(0)] * len(images)  # every entry is set below
         groups: dict[tuple, list[int]] = {}
         for i, im in enumerate(images):
             groups.setdefault(tuple(im.shape), []).append(i)
@@ -298,7 +291,7 @@ class DiftModule(L.LightningModule):
             h, w = z.shape[-2:]
             if self.crop_from == "image_latent":
                 side = max(1, round(self.size * h / img_h)) if self.size else None
-                crops, keys, owner = [], [], []
+                crops, keys, labs = [], [], []
                 for j, i in enumerate(members):
                     for k, box in enumerate(boxes[i]):
                         x0, y0, x1, y1 = window(box, w / img_w, h / img_h, w, h)
@@ -309,33 +302,26 @@ class DiftModule(L.LightningModule):
                             )
                         crops.append(zc)
                         keys.append((sources[i], k))
-                        owner.append(i)
-                if not crops:
-                    continue
-                feats = self.pool_map(
-                    self.noised_maps(torch.cat(crops), [labels[i] for i in owner], keys)
+                        labs.append(labels[i])
+                feats = (
+                    self.pool_map(self.noised_maps(torch.cat(crops), labs, keys))
+                    if crops
+                    else torch.zeros(0)
                 )
+                start = 0  # the crops are in member order, each image's boxes in a row
                 for i in members:
-                    out[i] = feats[[n for n, o in enumerate(owner) if o == i]]
+                    out[i] = feats[start : start + len(boxes[i])]
+                    start += len(boxes[i])
                 continue
             maps = self.noised_maps(
                 z, [labels[i] for i in members], [(sources[i], 0) for i in members]
             )
             fh, fw = maps.shape[-2:]
             for j, i in enumerate(members):
-                out[i] = (
-                    torch.stack(
-                        [
-                            self.pool_map(maps[j][:, y0:y1, x0:x1])
-                            for x0, y0, x1, y1 in (
-                                window(box, fw / img_w, fh / img_h, fw, fh) for box in boxes[i]
-                            )
-                        ]
-                    )
-                    if boxes[i]
-                    else torch.zeros(0, maps.shape[1])
-                )
-        return [o if o is not None else torch.zeros(0) for o in out]
+                cells = [window(box, fw / img_w, fh / img_h, fw, fh) for box in boxes[i]]
+                pooled = [self.pool_map(maps[j][:, y0:y1, x0:x1]) for x0, y0, x1, y1 in cells]
+                out[i] = torch.stack(pooled) if pooled else torch.zeros(0, maps.shape[1])
+        return out
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         records = [dict(f) for f in batch["failed"]]

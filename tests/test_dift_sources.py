@@ -5,7 +5,6 @@ their limit, and the config and bank plumbing."""
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from distill.bank import read_jsonl, read_meta
 from distill.data.classes import ClassInfo
@@ -15,24 +14,9 @@ from distill.pipeline import run
 from distill.scoring.relevance import stable_seed
 from distill.validate import check_config
 from tests.conftest import smoke_cfg
+from tests.test_stage2 import feature_cfg
 
 CLASSES = [ClassInfo(0, "a", "beagle"), ClassInfo(1, "b", "dingo")]
-
-
-def feature_cfg(**kw):
-    base = dict(
-        timestep=160,
-        up_ft_index=1,
-        ensemble=2,
-        prompt="An image of {name}",
-        seed=0,
-        pool="mean",
-        unet_batch=4,
-        vae_batch=2,
-        num_threads=None,
-    )
-    base.update(kw)
-    return OmegaConf.create(base)
 
 
 def reference_maps(backend, z, label, key, ensemble=2):
@@ -81,10 +65,10 @@ def test_window_takes_every_covered_cell_and_at_least_one():
 def test_whole_image_box_gives_the_exact_feature(tiny_backend, mode):
     torch.manual_seed(0)
     image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    exact = DiftModule(tiny_backend, CLASSES, feature_cfg(), size=32)
-    cheap = DiftModule(tiny_backend, CLASSES, feature_cfg(crop_from=mode), size=32)
+    exact = DiftModule(tiny_backend, CLASSES, feature_cfg(ensemble=2), size=32)
+    cheap = DiftModule(tiny_backend, CLASSES, feature_cfg(ensemble=2, crop_from=mode), size=32)
     want = exact.features(image[None], [1], [("img", 0)])
-    got = cheap.image_features(image, [[0, 0, 32, 32]], 1, "img")
+    got = cheap.images_features([image], [[[0, 0, 32, 32]]], [1], ["img"])[0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -93,8 +77,10 @@ def test_image_map_pools_each_box_window_of_the_whole_map(tiny_backend):
     torch.manual_seed(1)
     image = torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8)  # H x W = 32 x 48
     boxes = [[0, 0, 32, 32], [16, 0, 48, 32], [8, 8, 24, 24]]
-    module = DiftModule(tiny_backend, CLASSES, feature_cfg(crop_from="image_map"), size=32)
-    got = module.image_features(image, boxes, 0, "img")
+    module = DiftModule(
+        tiny_backend, CLASSES, feature_cfg(ensemble=2, crop_from="image_map"), size=32
+    )
+    got = module.images_features([image], [boxes], [0], ["img"])[0]
     fmap = reference_maps(tiny_backend, encode(tiny_backend, image), 0, ("img", 0))[0]
     fh, fw = fmap.shape[-2:]
     sy, sx = fh / 32, fw / 48
@@ -115,8 +101,10 @@ def test_image_latent_runs_each_box_latent_with_its_own_noise(tiny_backend):
     torch.manual_seed(2)
     image = torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8)
     boxes = [[16, 0, 48, 32], [0, 8, 16, 24]]  # the second is half the patch: resized
-    module = DiftModule(tiny_backend, CLASSES, feature_cfg(crop_from="image_latent"), size=32)
-    got = module.image_features(image, boxes, 1, "img")
+    module = DiftModule(
+        tiny_backend, CLASSES, feature_cfg(ensemble=2, crop_from="image_latent"), size=32
+    )
+    got = module.images_features([image], [boxes], [1], ["img"])[0]
     z = encode(tiny_backend, image)
     f = 32 // z.shape[-2]
     want = []
@@ -162,3 +150,25 @@ def test_image_map_through_the_pipeline(tmp_path):
     assert feats.shape[0] == n > 0 and np.isfinite(feats).all()
     assert read_meta(bank)["stages"]["features"]["spec"]["features"]["crop_from"] == "image_map"
     assert (tmp_path / "distilled" / "ipc1" / "set.json").is_file()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["image_latent", "image_map"])
+def test_a_batch_of_images_gives_each_image_its_own_features(tiny_backend, mode):
+    """Images of one size share their calls; each still gets its own boxes' features, in
+    order, as when it comes alone (an image with no boxes gets none)."""
+    torch.manual_seed(3)
+    images = [
+        torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8),
+        torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8),
+        torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8),
+        torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8),
+    ]
+    boxes = [[[0, 0, 32, 32], [16, 0, 48, 32]], [[0, 0, 32, 32]], [[8, 0, 40, 32]], []]
+    labels, sources = [0, 1, 1, 0], ["a", "b", "c", "d"]
+    module = DiftModule(tiny_backend, CLASSES, feature_cfg(ensemble=2, crop_from=mode), size=32)
+    batched = module.images_features(images, boxes, labels, sources)
+    for i in range(3):
+        alone = module.images_features([images[i]], [boxes[i]], [labels[i]], [sources[i]])[0]
+        torch.testing.assert_close(batched[i], alone, rtol=1e-4, atol=1e-5)
+    assert [len(f) for f in batched] == [2, 1, 1, 0]

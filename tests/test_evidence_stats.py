@@ -56,7 +56,7 @@ def test_scene_methods_are_compared_with_the_random_crops_of_their_own_assembly(
         "ours_c": {10: [[45.0], [47.0], [49.0]]},
         "ours_s": {10: [[59.0], [60.0], [61.0]]},
     }
-    rep = scene.with_baselines(lowres.summarise(per))
+    rep = lowres.summarise(per, scene.BASELINE)
     assert rep["ours_c"][10]["baseline"] == "random_crop_c"
     assert rep["ours_c"][10]["gain_over_random"] == pytest.approx(5.0)
     assert rep["ours_c"][10]["beats_random_2sd"] is True  # 5 > 2 * 2
