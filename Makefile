@@ -45,11 +45,12 @@ bench: $(STAMP) ## Speed benchmarks (fast path vs naive reference; writes result
 	$(PY) benchmarks/loader_bench.py
 	$(PY) benchmarks/fewer_draws.py
 
-bench-quality: $(STAMP) ## Small-scale reproduction on Fashion-MNIST: probe, both protocols, diagnosis -> results/fashion.md (hours on 2 cores from scratch; reruns reuse finished runs)
+bench-quality: $(STAMP) ## Small-scale reproduction on Fashion-MNIST: probe, both protocols, diagnosis, settings chosen on held-out items -> results/fashion.md (hours on 2 cores from scratch; reruns reuse finished runs)
 	$(TEST_ENV) $(PY) benchmarks/fashion_probe.py
 	$(TEST_ENV) $(PY) benchmarks/lowres_evidence.py
 	$(TEST_ENV) $(PY) benchmarks/scene_evidence.py
 	$(TEST_ENV) $(PY) benchmarks/evidence_diagnosis.py
+	$(TEST_ENV) $(PY) benchmarks/heldout_variants.py
 	$(TEST_ENV) $(PY) benchmarks/fashion_report.py
 
 bench-ablations: $(STAMP) ## The older scene benchmark and its ablations (about 3.5 h; results/fashion_ablations.md)
@@ -63,6 +64,9 @@ bench-scenes: $(STAMP) ## Scene protocol at the paper's geometry (64:56:28:56): 
 
 bench-dift-sources: $(STAMP) ## DIFT cropped from the image latent or map vs the exact per-patch path: cluster and pick agreement (about 4 min; results/dift_sources.md)
 	$(TEST_ENV) $(PY) benchmarks/dift_sources.py
+
+bench-heldout: $(STAMP) ## Timestep range and cluster count chosen on held-out training items, then tested once (about 45 min after bench-evidence; results/heldout_variants.md)
+	$(TEST_ENV) $(PY) benchmarks/heldout_variants.py
 
 bench-evidence: $(STAMP) ## Paper's low-resolution protocol on real Fashion-MNIST items: ours vs random, herding, k-center, teacher (hours; results/lowres_evidence.md)
 	$(TEST_ENV) $(PY) benchmarks/lowres_evidence.py

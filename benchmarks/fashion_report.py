@@ -5,7 +5,8 @@
 Gathers what the steps of ``make bench-quality`` wrote (each reuses its own finished runs):
 the embedded model's probe (``fashion_probe``), the paper's low-resolution protocol on whole
 items (``lowres_evidence``), the scene protocol at the paper's geometry (``scene_evidence``)
-and the diagnosis of the sets (``evidence_diagnosis``). It writes a verdict table, ours
+the diagnosis of the sets (``evidence_diagnosis``) and the settings chosen on held-out training
+items (``heldout_variants``). It writes a verdict table, ours
 against random at each IPC with the spread over set draws and the bar (more than 2 pooled
 standard deviations over set draws), then each part's own report with its commands, run and
 reused. A missing part is named, not skipped silently. Writes ``results/fashion.{md,json}``.
@@ -29,12 +30,15 @@ PARTS = [
     ("lowres", "lowres_evidence", "python benchmarks/lowres_evidence.py"),
     ("scenes", "scene_evidence", "python benchmarks/scene_evidence.py"),
     ("diagnosis", "evidence_diagnosis", "python benchmarks/evidence_diagnosis.py"),
+    ("heldout", "heldout_variants", "python benchmarks/heldout_variants.py"),
 ]
 # (protocol, its JSON part, our method, its random reference)
 VERDICTS = [
     ("low resolution, whole items", "lowres", "ours", "random"),
     ("scenes, concatenated (Ours^C)", "scenes", "ours_c", "random_crop_c"),
     ("scenes, single patch (Ours^S)", "scenes", "ours_s", "random_crop_s"),
+    # The variant chosen on held-out training items (its part names it), on the test split.
+    ("low resolution, settings chosen on held-out items", "heldout", "{chosen}", "random"),
 ]
 
 
@@ -53,6 +57,7 @@ def verdict_rows(parts: dict) -> list[dict]:
     rows = []
     for name, part, ours, base in VERDICTS:
         rep = (parts.get(part) or {}).get("report", {})
+        ours = ours.format(chosen=(parts.get(part) or {}).get("chosen"))
         ipcs = sorted({int(k) for k in rep.get(ours, {})} | {int(k) for k in rep.get(base, {})})
         for k in ipcs:
             o = rep.get(ours, {}).get(str(k))  # JSON keys: the IPC as a string

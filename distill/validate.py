@@ -110,6 +110,12 @@ def check_data(data) -> None:
     _int_at_least(data, "min_side", "data", 1)
     _int_at_least(data, "max_pixels", "data", 1, "null = no limit", optional=True)
     _one_of(data, "decoder", "data", DECODERS)
+    _int_at_least(data, "holdout_per_class", "data", 1, "null = none held out", optional=True)
+    if data.get("val_split") == "holdout" and not data.get("holdout_per_class"):
+        raise ConfigError(
+            "data.val_split=holdout needs data.holdout_per_class: the items per class held "
+            "out of data.split to validate on"
+        )
 
 
 def _workers(node, prefix: str) -> None:

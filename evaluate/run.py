@@ -185,6 +185,10 @@ def evaluate_students(cfg, out: Path) -> dict:
         "teacher_checkpoint": teacher.checkpoint if teacher else None,
         "teacher_acc": teacher_acc,
         "teacher_acc_subset": subset_acc,
+        # What the students were validated on: the test split, or data.val_split=holdout's
+        # held-out training items (settings chosen there never look at the test split).
+        "val_split": cfg.data.get("val_split"),
+        "val_images": len(real.val_set),
         "distilled": str(distilled.path),
         "distilled_images": len(distilled.store),
         "distill_run": str(distilled.run_dir) if distilled.run_dir else None,

@@ -96,3 +96,48 @@ def test_the_report_pairs_each_protocol_with_its_own_random_and_keeps_the_bar():
     single = rows[("scenes", 10, 60.0)]
     assert single["random"]["mean"] == 61.0 and single["gain"] == pytest.approx(-1.0)
     assert report.demote("# A\ntext\n## B") == "## A\ntext\n### B"
+
+
+heldout = load("heldout_variants")
+
+
+def test_the_heldout_choice_and_its_verdict_row(tmp_path):
+    sel = {"ours": {"mean": 70.0}, "ours_k10": {"mean": 72.0}, "ours_k32": {"mean": 72.0}}
+    assert heldout.choose({**sel, "random": {"mean": 90.0}}) == "ours_k10"  # random is no variant
+    assert heldout.choose({"ours": {"mean": 70.0}, "ours_t_low": {"mean": 70.0}}) == "ours"
+    # A figure validated on another split than the step's stops the run.
+    run = tmp_path / "0"
+    run.mkdir()
+    (run / "results.json").write_text('{"val_split": "test"}')
+    heldout.check_validated_on(tmp_path, "test")
+    with pytest.raises(SystemExit, match="validated on 'test', not 'holdout'"):
+        heldout.check_validated_on(tmp_path, "holdout")
+    parts = {
+        "heldout": {
+            "chosen": "ours_k10",
+            "report": {
+                "ours_k10": {"10": {"mean": 76.0, "std_over_sets": 0.5, "sets": 3}},
+                "random": {"10": {"mean": 75.4, "std_over_sets": 0.8, "sets": 3}},
+            },
+        }
+    }
+    (row,) = report.verdict_rows(parts)
+    assert row["ours"]["mean"] == 76.0 and row["gain"] == pytest.approx(0.6)
+
+
+def test_the_heldout_report_marks_the_choice_and_tests_it_against_random():
+    from omegaconf import OmegaConf
+
+    per_sel = {
+        "ours": {10: [[70.0, 71.0], [72.0, 73.0]]},
+        "ours_k10": {10: [[74.0, 75.0], [76.0, 77.0]]},
+        "random": {10: [[71.0, 71.0], [73.0, 73.0]]},
+    }
+    sel = lowres.summarise(per_sel)
+    chosen = heldout.choose({m: r[10] for m, r in sel.items()})
+    test = lowres.summarise({chosen: {10: [[76.0], [77.0], [78.0]]}, "random": {10: [[75.0]] * 3}})
+    md = heldout.markdown(sel, test, chosen, OmegaConf.create(heldout.DEFAULTS), 1.0)
+    assert "| ours_k10 **chosen** | `cluster.num_centers=10` | 75.5 ± 1.4 [0.7] | +3.5 |" in md
+    assert "| ours | (default) | 71.5 ± 1.4 [0.7] | -0.5 |" in md
+    # 2.0 > 2 x the pooled 0.71 over sets: the bar is met.
+    assert "| ours_k10 | 77.0 ± 1.0 [0.0], gain +2.0 ✓ |" in md

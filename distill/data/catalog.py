@@ -18,10 +18,12 @@ from omegaconf import OmegaConf
 from distill.data.classes import resolve_class_order
 from distill.data.scenes import fashion_scenes_source
 from distill.data.sources import (
+    HOLDOUT_SPLIT,
     Source,
     cifar_source,
     fashion_mnist_source,
     folder_source,
+    holdout_view,
     synthetic_source,
     tinyimagenet_source,
 )
@@ -207,8 +209,11 @@ def _build(cfg, split) -> Source:
     if kind not in _KINDS:
         raise ConfigError(f"data.kind={kind!r} is not one of {sorted(_KINDS)}")
     cfg, order = with_class_order(cfg)
-    src = _KINDS[kind](cfg, split)
+    cfg, read_split = holdout_view(cfg, split)
+    src = _KINDS[kind](cfg, read_split)
     src.class_order = order
+    if split == HOLDOUT_SPLIT:
+        src.split = HOLDOUT_SPLIT
     if not src.items:
         raise DataError(
             f"{src.name}/{split}: no usable images (root={cfg.get('root')}); see the warnings above."

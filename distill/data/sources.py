@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
 from distill.data.classes import (
@@ -130,6 +131,57 @@ def _subsample(files: list[Any], n: int | None, seed: int, key: str) -> list[Any
     rng = random.Random(f"{seed}:{key}")
     keep = sorted(rng.sample(range(len(files)), n))
     return [files[i] for i in keep]
+
+
+# The split name of the held-out part of the training split (``data.holdout_per_class``):
+# settings are chosen on it (students validated with ``data.val_split=holdout``), never on
+# the test split, and every other use of the training split (pools, teachers) leaves it out.
+HOLDOUT_SPLIT = "holdout"
+
+
+def holdout_view(cfg, split: str | None):
+    """The (config, split) a loader reads for ``split``: ``holdout`` is the training split
+    with only its held-out items; the training split itself, while ``holdout_per_class`` is
+    set, is read without them. The role travels as ``holdout_role`` on a copy of the config."""
+    n = cfg.get("holdout_per_class")
+    if split == HOLDOUT_SPLIT:
+        if not n:
+            raise ConfigError(
+                f"split {HOLDOUT_SPLIT!r} (e.g. data.val_split={HOLDOUT_SPLIT}) needs "
+                "data.holdout_per_class: how many items per class to hold out of data.split"
+            )
+        role, split = "held", cfg.get("split")
+    elif n and split == cfg.get("split"):
+        role = "rest"
+    else:
+        return cfg, split
+    if cfg.get("kind") == "synthetic":
+        raise ConfigError(
+            "data.holdout_per_class: data.kind=synthetic has no training items to hold out"
+        )
+    data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    data["holdout_role"] = role
+    return OmegaConf.create(data), split
+
+
+def _class_files(files: list[Any], cfg, key: str) -> list[Any]:
+    """One class's files as a source lists them: the held-out reservation first (the same
+    items whatever the pool size or its seed, so no pool ever holds one), then the subsample
+    (``images_per_class``, ``subsample_seed``). The held-out split itself is never subsampled."""
+    role = cfg.get("holdout_role")
+    if role is not None:
+        n = int(cfg.holdout_per_class)
+        if n >= len(files):
+            raise DataError(
+                f"data.holdout_per_class={n} leaves nothing of class {key} ({len(files)} items "
+                f"in split {cfg.get('split')!r})"
+            )
+        rng = random.Random(f"holdout:{int(cfg.get('holdout_seed') or 0)}:{key}")
+        held = set(rng.sample(range(len(files)), n))
+        files = [f for i, f in enumerate(files) if (i in held) == (role == "held")]
+        if role == "held":
+            return files
+    return _subsample(files, cfg.get("images_per_class"), cfg.get("subsample_seed", 0), key)
 
 
 # Default pixel limit of a file-backed source (data.max_pixels): 64 MP is above every ImageNet
@@ -440,9 +492,7 @@ def folder_source(cfg, split: str | None, *, imagenet: bool) -> Source:
             per_class.append([])
             continue
         files = walk.list(folder, c.index, skipped)
-        per_class.append(
-            _subsample(files, cfg.get("images_per_class"), cfg.get("subsample_seed", 0), c.key)
-        )
+        per_class.append(_class_files(files, cfg, c.key))
     items, classes = _files_to_items(
         per_class, classes, cfg.get("min_side", 16), skipped, strict, max_pixels=_max_pixels(cfg)
     )
@@ -503,10 +553,7 @@ def tinyimagenet_source(cfg, split: str) -> Source:
             files.sort()
     else:
         raise ConfigError(f"Tiny-ImageNet split must be 'train' or 'val', got {split!r}")
-    per_class = [
-        _subsample(f, cfg.get("images_per_class"), cfg.get("subsample_seed", 0), k)
-        for f, k in zip(per_class, keys, strict=True)
-    ]
+    per_class = [_class_files(f, cfg, k) for f, k in zip(per_class, keys, strict=True)]
     items, classes = _files_to_items(
         per_class, classes, cfg.get("min_side", 16), skipped, strict, max_pixels=_max_pixels(cfg)
     )
@@ -539,7 +586,7 @@ def _array_source(
     for c in classes:
         old = all_index[c.key]
         idx = np.flatnonzero(labels == old).tolist()
-        idx = _subsample(idx, cfg.get("images_per_class"), cfg.get("subsample_seed", 0), c.key)
+        idx = _class_files(idx, cfg, c.key)
         keep_idx.extend(idx)
         new_label[old] = c.index
     keep_idx.sort()

@@ -70,6 +70,14 @@ SCORING_KEYS_IF_SET = {"t_sampling": "iid"}
 # setting is part of the hash.
 # The decoder is hashed under "decode" (decode_rules), where a default leaves old hashes alone.
 DATA_IGNORED = ("root", "val_split", "class_order", "class_orders", "max_pixels", "decoder")
+HOLDOUT_KEYS = ("holdout_per_class", "holdout_seed")
+
+
+def hashed_data(data: dict) -> dict:
+    """The data settings a bank's scores depend on. Without a held-out part its keys stay out,
+    so banks made before ``holdout_per_class`` existed keep their hash."""
+    ignored = DATA_IGNORED + (() if data.get("holdout_per_class") else HOLDOUT_KEYS)
+    return {k: v for k, v in sorted(data.items()) if k not in ignored}
 
 
 def score_spec(cfg: DictConfig, source, backend) -> dict:
@@ -82,7 +90,7 @@ def score_spec(cfg: DictConfig, source, backend) -> dict:
             hashed[k] = scoring[k]
     return {
         "scoring": hashed,
-        "data": {k: v for k, v in sorted(data.items()) if k not in DATA_IGNORED},
+        "data": hashed_data(data),
         "classes": [[c.key, c.name] for c in source.classes],
         "items": {"count": len(source.items), "digest": items_digest(source)},
         # How files become pixels (EXIF orientation, alpha, frames): another rule, other scores.
