@@ -8,7 +8,7 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 PYTEST := $(TEST_ENV) $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench bench-quality bench-timesteps bench-evidence bench-scenes bench-dift-sources bench-ablations mutation clean
+.PHONY: help install demo test test-all lint format bench bench-quality bench-timesteps bench-evidence bench-scenes bench-heldout bench-dift-sources bench-ablations mutation clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
