@@ -136,7 +136,12 @@ def test_the_heldout_report_marks_the_choice_and_tests_it_against_random():
     sel = lowres.summarise(per_sel)
     chosen = heldout.choose({m: r[10] for m, r in sel.items()})
     test = lowres.summarise({chosen: {10: [[76.0], [77.0], [78.0]]}, "random": {10: [[75.0]] * 3}})
-    md = heldout.markdown(sel, test, chosen, OmegaConf.create(heldout.DEFAULTS), 1.0)
+    crop = lowres.summarise({"ours": {10: [[70.0], [72.0]]}, "random": {10: [[74.0], [74.0]]}})
+    md = heldout.markdown(
+        sel, test, chosen, OmegaConf.create(heldout.DEFAULTS), 1.0, {"crop": crop}
+    )
+    # Each augmentation's gain is over random under the same augmentation.
+    assert "| crop `aug.scale=[0.5,1]` | 71.0 ± 1.4, -3.0 | - | 74.0 ± 0.0 |" in md
     assert "| ours_k10 **chosen** | `cluster.num_centers=10` | 75.5 ± 1.4 [0.7] | +3.5 |" in md
     assert "| ours | (default) | 71.5 ± 1.4 [0.7] | -0.5 |" in md
     # 2.0 > 2 x the pooled 0.71 over sets: the bar is met.
