@@ -29,6 +29,7 @@ Writes ``results/scene_evidence.{md,json}``; reruns skip finished runs.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import sys
@@ -183,6 +184,13 @@ def markdown(rep: dict, loc: list[dict], a, minutes: float, teacher_acc) -> str:
         "",
     ]
     lines += method_table(rep, a.methods, ipcs)
+    if SAME_AS:
+        lines += [
+            "",
+            "Identical sets, file for file, so one set of students counts for both (per draw): "
+            + "; ".join(f"{k} (sets {', '.join(map(str, v))})" for k, v in sorted(SAME_AS.items()))
+            + ".",
+        ]
     if loc:
         names = sorted({n for d in loc for n in d})
         lines += [
@@ -205,6 +213,27 @@ def markdown(rep: dict, loc: list[dict], a, minutes: float, teacher_acc) -> str:
             )
     lines += lowres.commands_section()
     return "\n".join(lines)
+
+
+# "ours_s IPC 50 = ours_c" -> the draws where that set was its tiled twin's, file for file.
+SAME_AS: dict[str, list[int]] = {}
+
+
+def set_dir(work: Path, draw: int, m: str, ipc) -> Path:
+    return work / f"set{draw}" / m / "distilled" / f"ipc{int(ipc)}"
+
+
+def same_files(x: Path, y: Path) -> bool:
+    """Two distilled sets hold the same files with the same bytes."""
+
+    def listing(d: Path) -> dict[str, bytes]:
+        return {
+            f.relative_to(d).as_posix(): hashlib.sha256(f.read_bytes()).digest()
+            for f in sorted(d.rglob("*"))
+            if f.is_file()
+        }
+
+    return x.is_dir() and y.is_dir() and listing(x) == listing(y)
 
 
 def _num(v) -> bool:
@@ -243,21 +272,39 @@ def main(argv: list[str] | None = None) -> int:
     per: dict = {}
     loc = []
     for draw in range(int(a.sets)):
+        done: dict[str, dict[int, list[float]]] = {}
         for m in a.methods:
             distill(a, draw, m, work, teacher)
-            got = evaluate_missing(
-                a,
-                m,
-                draw,
-                work / f"set{draw}" / m,
-                work / f"set{draw}" / f"eval_{m}",
-                [
-                    f"input.size={size}",
-                    f"teacher.checkpoint={teacher}",
-                    "teacher.train_if_missing=false",
-                    "aug.factor=null",
-                ],
-            )
+            # Above IPC 10 a single-patch method's set is its tiled twin's, file for file: its
+            # students would be the same runs, so the twin's are counted instead of retrained.
+            twin = m[: -len("_s")] + "_c" if m.endswith("_s") else None
+            same = [
+                int(k)
+                for k in a.ipc
+                if twin in done
+                and int(k) in done[twin]
+                and same_files(set_dir(work, draw, m, k), set_dir(work, draw, twin, k))
+            ]
+            for k in same:
+                SAME_AS.setdefault(f"{m} IPC {k} = {twin}", []).append(draw)
+            rest = OmegaConf.merge(a, {"ipc": [int(k) for k in a.ipc if int(k) not in same]})
+            got = {k: done[twin][k] for k in same}
+            if rest.ipc:
+                got |= evaluate_missing(
+                    rest,
+                    m,
+                    draw,
+                    work / f"set{draw}" / m,
+                    work / f"set{draw}" / f"eval_{m}",
+                    [
+                        f"input.size={size}",
+                        f"teacher.checkpoint={teacher}",
+                        "teacher.train_if_missing=false",
+                        "aug.factor=null",
+                    ],
+                )
+            got = {k: v for k, v in got.items() if k in {int(x) for x in a.ipc}}
+            done[m] = got
             for ipc, accs in got.items():
                 per.setdefault(m, {}).setdefault(ipc, []).append(accs)
         loc.append(localisation_of(work, draw, max(int(k) for k in a.ipc)))

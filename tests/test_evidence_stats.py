@@ -146,3 +146,17 @@ def test_the_heldout_report_marks_the_choice_and_tests_it_against_random():
     assert "| ours | (default) | 71.5 ± 1.4 [0.7] | -0.5 |" in md
     # 2.0 > 2 x the pooled 0.71 over sets: the bar is met.
     assert "| ours_k10 | 77.0 ± 1.0 [0.0], gain +2.0 ✓ |" in md
+
+
+def test_scene_twins_share_students_only_when_their_files_are_the_same(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        (d / "0").mkdir(parents=True)
+        (d / "0" / "x.png").write_bytes(b"same")
+        (d / "set.json").write_text("{}")
+    assert scene.same_files(a, b)
+    (b / "0" / "x.png").write_bytes(b"other")
+    assert not scene.same_files(a, b)
+    (b / "0" / "x.png").write_bytes(b"same")
+    (b / "0" / "y.png").write_bytes(b"more")
+    assert not scene.same_files(a, b) and not scene.same_files(a, tmp_path / "missing")
