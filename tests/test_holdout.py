@@ -65,6 +65,11 @@ def test_holdout_errors_name_the_setting(fashion_root):
         check_data(OmegaConf.create({"short_edge": 8, "min_side": 8, "holdout_per_class": 0}))
     with pytest.raises(ConfigError, match="val_split=holdout needs"):
         check_data(OmegaConf.create({"short_edge": 8, "min_side": 8, "val_split": "holdout"}))
+    for bad in (0, -3, "many"):  # evaluate reads sources without distill's config check
+        with pytest.raises(ConfigError, match="must be an integer >= 1"):
+            build_source(
+                data_cfg(kind="fashion_mnist", root=str(fashion_root), holdout_per_class=bad)
+            )
     with pytest.raises(ConfigError, match="synthetic"):
         build_source(data_cfg(kind="synthetic", holdout_per_class=1))
 

@@ -144,6 +144,8 @@ def holdout_view(cfg, split: str | None):
     with only its held-out items; the training split itself, while ``holdout_per_class`` is
     set, is read without them. The role travels as ``holdout_role`` on a copy of the config."""
     n = cfg.get("holdout_per_class")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(f"data.holdout_per_class={n!r}: must be an integer >= 1 or null")
     if split == HOLDOUT_SPLIT:
         if not n:
             raise ConfigError(
