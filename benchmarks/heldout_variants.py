@@ -188,7 +188,8 @@ def markdown(sel: dict, test: dict, chosen: str, a, minutes: float, aug: dict | 
         "# Settings chosen on held-out training items (issue 13, part 4)",
         "",
         f"Machine: {machine_name()}; torch {numerics()['torch']}, {numerics()['threads']} threads, "
-        f"CPU capability {numerics()['cpu_capability']}. Wall time {minutes:.0f} min.",
+        f"CPU capability {numerics()['cpu_capability']}. This invocation: {minutes:.0f} min "
+        "(the runs it reused are listed at the end).",
         f"Command: `{' '.join(['python benchmarks/heldout_variants.py', *sys.argv[1:]])}`",
         "",
         f"Low-resolution protocol (`lowres_evidence.py`'s settings) at IPC {ipc}, with "
